@@ -1,0 +1,1 @@
+"""reelserve.api.m2v"""

@@ -1,0 +1,1 @@
+"""reelserve.api.runware"""

@@ -1,0 +1,1 @@
+"""reelserve.engines.diffusers"""
