@@ -36,6 +36,10 @@ class Settings(BaseSettings):
         description="Accepted API keys; with none, only loopback clients are served",
     )
 
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="largest request body read (base64 media)"
+    )
+
     # job store and workers
     database_url: str | None = Field(
         default=None, description="sqlite:///path or postgresql://...; default SQLite in data_dir"
@@ -45,9 +49,25 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     sync_timeout: float = Field(default=900.0, gt=0, description="how long a sync REST call waits")
 
+    # Runware WebSocket transport (api/runware/ws.py); frames are capped by max_body_bytes
+    ws_idle_timeout: float = Field(default=120.0, gt=0, description="close a socket after this many s without a client message")
+    ws_resume_seconds: float = Field(default=120.0, gt=0, description="keep undelivered results per connectionSessionUUID")
+    ws_max_in_flight: int = Field(default=64, ge=1, description="tasks one connection may have running at once")
+    ws_send_queue: int = Field(default=256, ge=1, description="frames queued per socket before a slow client is dropped")
+
     # engines
     preview_fallback: bool = True
     profiles: Path | None = None
+    diffusers_device: str | None = Field(
+        default=None, description="torch device for the diffusers engine (cuda, cuda:1, cpu); default auto"
+    )
+    diffusers_memory_gb: float | None = Field(
+        default=None, gt=0, description="memory budget for loaded pipelines; default 90% of the device"
+    )
+    engine_selector: str | None = Field(
+        default=None, description="module:function (Settings) -> (GenerationSpec) -> Engine, "
+        "replacing the engine registry (plugins, tests)",
+    )
     prores_mov: bool = Field(default=False, description="encode MOV as ProRes 422 HQ instead of H.264")
 
     # delivery and outbound
@@ -55,8 +75,28 @@ class Settings(BaseSettings):
     url_secret: str | None = Field(default=None, description="key signing output URLs")
     webhook_secret: str | None = Field(default=None, description="HMAC key for webhook signatures")
     outbound_allow: CsvList = Field(default_factory=list)
+    kling_keys: CsvList = Field(
+        default_factory=list,
+        description="Kling API key pairs ACCESS:SECRET (JWT HS256, iss = access key) for /v1/videos/*2video",
+    )
+    outbound_connect_timeout: float = Field(default=5.0, gt=0, description="outbound connect timeout (s)")
+    outbound_read_timeout: float = Field(default=30.0, gt=0, description="outbound per-read timeout (s)")
+    outbound_total_timeout: float = Field(default=300.0, gt=0, description="outbound whole-exchange limit (s)")
+    outbound_max_redirects: int = Field(default=5, ge=0, description="redirects followed by input fetches")
+    # webhook / uploadEndpoint delivery (docs/delivery.md)
+    delivery_retry_window: float = Field(default=3600.0, gt=0, description="seconds a delivery is retried")
+    delivery_backoff_base: float = Field(default=2.0, gt=0, description="first retry delay (s), doubled each time")
+    delivery_backoff_max: float = Field(default=300.0, gt=0, description="longest retry delay (s)")
+    delivery_timeout: float = Field(default=15.0, gt=0, description="read timeout of a webhook/upload (s)")
+    delivery_concurrency: int = Field(default=4, ge=1, description="deliveries attempted in parallel")
+    delivery_poll_interval: float = Field(default=1.0, gt=0, description="outbox poll interval (s)")
+    sweep_interval: float = Field(default=60.0, gt=0, description="seconds between expired-artifact sweeps")
 
-    @field_validator("api_keys", "outbound_allow", mode="before")
+    # per-key limits (0 = unlimited)
+    rate_submits_per_minute: int = Field(default=120, ge=0, description="videoInference submits per key per minute")
+    rate_max_in_flight: int = Field(default=32, ge=0, description="queued+running tasks per key")
+
+    @field_validator("api_keys", "outbound_allow", "kling_keys", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,0 +1,281 @@
+"""Thin router of Kling's own API: ``/v1/videos/{text2video|image2video}[/{task_id}]``.
+
+Routes use the literal kind segments, so they never overlap the OpenAI-style ``/v1/videos/{id}``
+routes (whose ids exclude those two words; see :mod:`reelserve.api.openai.router`).
+Parsing, auth and rendering live in :mod:`reelserve.api.kling.schema`; status-change callbacks in
+:class:`KlingCallbacks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from reelserve.api.auth import LOCAL_OWNER, is_loopback, owner_for_key
+from reelserve.api.kling import schema
+from reelserve.errors import (
+    AuthError,
+    ConflictError,
+    NotFoundError,
+    ReelserveError,
+    ValidationError,
+)
+from reelserve.tasks import Job, Result
+
+if TYPE_CHECKING:
+    from reelserve.api.app import Services
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 500
+MAX_PAGE_NUM = 1000
+
+
+def origin_for(kind: str) -> str:
+    """``Job.origin`` of Kling jobs: ``kling.text2video`` / ``kling.image2video`` (the list
+    of one kind pages over that origin only)."""
+    return f"{schema.ORIGIN}.{kind}"
+
+
+class KlingService:
+    """The blocking half of the dialect (runs in threads)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.keys = schema.parse_key_pairs(services.settings.kling_keys)
+
+    def owner(self, request: Request) -> str:
+        """Verify the bearer JWT; the owner is :func:`owner_for_key` of the access key.
+
+        With no Kling keys configured, loopback clients are served as the local owner (the same
+        rule as the REST API keys) and every other client is refused.
+        """
+        header = request.headers.get("authorization")
+        if not self.keys:
+            host = request.client.host if request.client else None
+            if is_loopback(host):
+                return LOCAL_OWNER
+            raise AuthError("invalidAuthorization", "this server has no Kling keys configured "
+                            "(REELSERVE_KLING_KEYS) and serves loopback clients only",
+                            parameter="Authorization")
+        return owner_for_key(schema.verify_jwt(header, self.keys))
+
+    def submit(self, kind: str, body: dict[str, Any], owner: str) -> Job:
+        """Map, validate and create the job (idempotent on ``external_task_id``)."""
+        from reelserve.catalog.validate import validate
+        from reelserve.media import netguard
+
+        data = schema.origin_data(kind, body)
+        external = data["external_task_id"]
+        task_uuid = schema.external_task_uuid(external) if external else str(uuid.uuid4())
+        request = schema.to_request(kind, body, task_uuid=task_uuid)
+        spec = validate(request)
+        if data["callback_url"]:
+            policy = netguard.OutboundPolicy.from_settings(self.services.settings)
+            data["callback_url"] = netguard.check_url(data["callback_url"], policy=policy,
+                                                      parameter="callback_url")
+        recorded = {k: v for k, v in body.items() if k not in ("image", "image_tail")}
+        job = Job(id=schema.new_task_id(), task_uuid=task_uuid, owner=owner,
+                  origin=origin_for(kind), origin_data=data, request=recorded, spec=spec)
+        try:
+            return self.services.store.create(job)
+        except ConflictError:
+            raise ConflictError(
+                "conflictExternalTaskId", f"external_task_id {external!r} was already used by "
+                "this access key; it must be unique (query the existing task with it)",
+                parameter="external_task_id") from None
+
+    def get(self, kind: str, task_id: str, owner: str) -> Job:
+        """A task by ``task_id`` or by ``external_task_id``, of this owner only."""
+        job = self.services.store.get(task_id)
+        if job is None or job.owner != owner:
+            job = self.services.store.get_by_task(owner, schema.external_task_uuid(task_id))
+        if job is None or job.owner != owner or (
+            job.origin.startswith(schema.ORIGIN + ".") and job.origin != origin_for(kind)
+        ):
+            raise NotFoundError("taskNotFound", f"no {kind} task with task_id or "
+                                f"external_task_id {task_id!r} exists for this access key",
+                                parameter="task_id")
+        return job
+
+    def list(self, kind: str, owner: str, page_num: int, page_size: int) -> list[Job]:
+        """One page of the owner's tasks of ``kind``, newest first."""
+        return self.services.store.list_jobs(owner, origin=origin_for(kind), limit=page_size,
+                                             offset=(page_num - 1) * page_size)
+
+    def video_url(self, job: Job, result: Result) -> str:
+        """Signed URL of an output."""
+        ttl = job.spec.ttl or self.services.settings.default_ttl
+        info = self.services.artifacts.info(result.artifact_key)
+        created = info.created_at if info is not None else job.updated_at
+        ext = info.extension if info is not None else ""
+        return self.services.signer.url(result.artifact_key, ext, created + ttl)
+
+    def render(self, job: Job) -> dict[str, Any]:
+        """The task object of ``job``."""
+        return schema.render_task(job, schema.Links(video=lambda r: self.video_url(job, r)))
+
+
+class KlingCallbacks:
+    """POSTs the task object to ``callback_url`` each time a Kling task changes status.
+
+    Fed by the job store's in-process change notifications (worker threads of this server);
+    one sender thread keeps the order of one task's callbacks. Each POST goes through the
+    netguard (:func:`reelserve.delivery.webhook.post`, signed like webhooks when
+    ``REELSERVE_WEBHOOK_SECRET`` is set) and is retried :data:`RETRIES` times with backoff.
+    Intermediate states a task passed before the sender looked are not replayed: the receiver
+    always gets the latest status, and every terminal status.
+    """
+
+    RETRIES = 3
+    BACKOFF = 0.5
+    REMEMBER = 10000
+    """How many tasks' last sent status are remembered (so a status is never sent twice)."""
+
+    def __init__(self, services: Services, service: KlingService) -> None:
+        self.services = services
+        self.service = service
+        self._sent: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kling-callback")
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Subscribe to job changes."""
+        self.services.store.subscribe(self._on_change)
+
+    def _on_change(self, job_id: str) -> None:
+        # Called from the writing thread: hand off at once, never block a worker.
+        if not self._stop.is_set():
+            with contextlib.suppress(RuntimeError):  # interpreter shutting down
+                self._pool.submit(self._check, job_id)
+
+    def _check(self, job_id: str) -> None:
+        try:
+            job = self.services.store.get(job_id)
+            if job is None or not job.origin.startswith(schema.ORIGIN + "."):
+                return
+            url = job.origin_data.get("callback_url")
+            if not url:
+                return
+            status = schema.task_status(job)
+            with self._lock:
+                if self._sent.get(job_id) == status:
+                    return
+                self._sent[job_id] = status
+                while len(self._sent) > self.REMEMBER:  # oldest first (insertion order)
+                    del self._sent[next(iter(self._sent))]
+            self._send(job, url, status)
+        except Exception:  # a callback must never take the sender thread down
+            log.exception("kling callback for %s failed", job_id)
+
+    def _send(self, job: Job, url: str, status: str) -> None:
+        from reelserve.delivery import webhook
+        from reelserve.media import netguard
+
+        body = json.dumps(self.service.render(job)).encode()
+        policy = netguard.OutboundPolicy.from_settings(self.services.settings)
+        for attempt in range(1, self.RETRIES + 1):
+            outcome = webhook.post(url, body, policy=policy,
+                                   secret=self.services.settings.webhook_secret,
+                                   delivery_id=f"{job.id}:{status}", attempt=attempt)
+            if outcome.ok or outcome.permanent:
+                if not outcome.ok:
+                    log.warning("kling callback %s refused: %s", job.id, outcome.error)
+                return
+            if self._stop.wait(self.BACKOFF * 2 ** (attempt - 1)):
+                return
+        log.warning("kling callback for %s (%s) gave up after %d attempts", job.id, status,
+                    self.RETRIES)
+
+
+def _page_arg(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ValidationError("invalidParameter", f"{name} must be an integer from 1 to "
+                              f"{maximum}, got {raw!r:.40}", parameter=name)
+    return int(raw)
+
+
+def kling_router(services: Services) -> APIRouter:
+    """Kling's own routes: create, query (by task_id or external_task_id) and list, per kind."""
+    router = APIRouter(tags=["Kling"])
+    service = KlingService(services)
+    callbacks = KlingCallbacks(services, service)
+    callbacks.start()
+    services.extra["kling_callbacks"] = callbacks
+
+    def reply(data: Any, request_id: str) -> JSONResponse:
+        return JSONResponse(schema.envelope(data, request_id))
+
+    def fail(exc: ReelserveError, request_id: str) -> JSONResponse:
+        status, body = schema.error_envelope(exc, request_id)
+        return JSONResponse(body, status_code=status)
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            raise ValidationError("invalidRequest", f"the body is not valid JSON: {exc}",
+                                  parameter="body") from None
+        if not isinstance(body, dict):
+            raise ValidationError("invalidRequest", "the body must be a JSON object",
+                                  parameter="body")
+        return body
+
+    for kind in schema.KINDS:
+
+        def make(kind: str) -> None:
+            async def create(request: Request) -> JSONResponse:
+                request_id = str(uuid.uuid4())
+                try:
+                    owner = service.owner(request)
+                    body = await read_json(request)
+                    job = await run_in_threadpool(service.submit, kind, body, owner)
+                except ReelserveError as exc:
+                    return fail(exc, request_id)
+                return reply(schema.render_submitted(job), request_id)
+
+            async def query(task_id: str, request: Request) -> JSONResponse:
+                request_id = str(uuid.uuid4())
+                try:
+                    owner = service.owner(request)
+                    job = await run_in_threadpool(service.get, kind, task_id, owner)
+                    data = await run_in_threadpool(service.render, job)
+                except ReelserveError as exc:
+                    return fail(exc, request_id)
+                return reply(data, request_id)
+
+            async def listing(request: Request) -> JSONResponse:
+                request_id = str(uuid.uuid4())
+                try:
+                    owner = service.owner(request)
+                    page_num = _page_arg(request, "pageNum", 1, MAX_PAGE_NUM)
+                    page_size = _page_arg(request, "pageSize", 30, MAX_PAGE_SIZE)
+                    jobs = await run_in_threadpool(service.list, kind, owner, page_num,
+                                                   page_size)
+                    data = await run_in_threadpool(lambda: [service.render(j) for j in jobs])
+                except ReelserveError as exc:
+                    return fail(exc, request_id)
+                return reply(data, request_id)
+
+            router.add_api_route(f"/v1/videos/{kind}", create, methods=["POST"],
+                                 name=f"kling_create_{kind}", summary=f"Kling {kind}: create")
+            router.add_api_route(f"/v1/videos/{kind}", listing, methods=["GET"],
+                                 name=f"kling_list_{kind}", summary=f"Kling {kind}: list")
+            router.add_api_route(f"/v1/videos/{kind}/{{task_id}}", query, methods=["GET"],
+                                 name=f"kling_query_{kind}", summary=f"Kling {kind}: query")
+
+        make(kind)
+    return router

@@ -1,0 +1,248 @@
+"""Thin router of the 302-style API: ``POST /klingai/<path>`` and ``GET /klingai/task/{id}/fetch``.
+
+Parsing and rendering live in :mod:`reelserve.api.m2v.schema`; this module only reads the
+request, stores checked images as uploads (the worker resolves them by UUID, like Runware
+uploads), runs the one validator, creates the job and answers in the 302 envelope. Blocking work
+(Pillow, the job store, PyAV for covers) runs in threads.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from reelserve.api.auth import authenticate, bearer_token
+from reelserve.api.m2v import schema
+from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
+from reelserve.tasks import Job, Result
+
+if TYPE_CHECKING:
+    from reelserve.api.app import Services
+
+UPLOADS = "uploads"
+OUTPUTS = "outputs"
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+
+
+def _error(exc: ReelserveError) -> JSONResponse:
+    status, body = schema.error_envelope(exc)
+    return JSONResponse(body, status_code=status)
+
+
+def owner_of(services: Services, request: Request) -> str:
+    """The owner of a request authenticated with the REST API keys (Bearer)."""
+    return authenticate(services.settings, bearer_token(request.headers.get("authorization")),
+                        request.client.host if request.client else None)
+
+
+async def read_form(request: Request) -> dict[str, schema.FormValue]:
+    """The submitted fields: multipart/urlencoded form (files become ImageUpload) or JSON."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    fields: dict[str, schema.FormValue] = {}
+    if ctype == "application/json":
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            raise ValidationError("invalidRequest", f"the body is not valid JSON: {exc}",
+                                  parameter="body") from None
+        if not isinstance(body, dict):
+            raise ValidationError("invalidRequest", "the JSON body must be an object of the form "
+                                  "fields", parameter="body")
+        for key, value in body.items():
+            if value is None:
+                continue
+            fields[key] = json.dumps(value) if isinstance(value, bool) else str(value)
+        return fields
+    if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ValidationError(
+            "invalidRequest", f"Content-Type {ctype or 'none'!r} is not accepted; send "
+            "multipart/form-data (or JSON with image URLs)", parameter="Content-Type",
+            allowed_values=["multipart/form-data", "application/x-www-form-urlencoded",
+                            "application/json"])
+    try:
+        form = await request.form(max_files=4, max_fields=64)
+    except Exception as exc:  # python-multipart parse errors carry no common base class
+        raise ValidationError("invalidRequest", f"the multipart form cannot be parsed: {exc}",
+                              parameter="body") from None
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if value.size is not None and value.size > schema.MAX_IMAGE_BYTES:
+                    raise ReelserveError(
+                        "invalidImageSize", f"{key} is {value.size} bytes; the 302-style API "
+                        f"accepts at most 10 MB ({schema.MAX_IMAGE_BYTES} bytes)",
+                        parameter=key, kind=ErrorKind.TOO_LARGE)
+                fields[key] = schema.ImageUpload(await value.read(), value.filename)
+            else:
+                fields[key] = value
+    finally:
+        await form.close()
+    return fields
+
+
+class M2VService:
+    """The blocking half of the dialect (runs in threads)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def image_bytes(self, value: schema.FormValue, field: str) -> bytes:
+        """An uploaded file's bytes, or the bytes behind a URL / data URI (through the netguard)."""
+        if isinstance(value, schema.ImageUpload):
+            return value.data
+        from reelserve.media import netguard
+        from reelserve.media.inputs import resolve_ref
+
+        policy = netguard.OutboundPolicy.from_settings(self.services.settings)
+
+        def fetch(url: str, *, max_bytes: int) -> Any:
+            return netguard.fetch(url, max_bytes=max_bytes, policy=policy, parameter=field)
+
+        return resolve_ref(value, parameter=field, lookup=lambda _uuid: None, fetch=fetch,
+                           max_bytes=schema.MAX_IMAGE_BYTES)
+
+    def store_image(self, value: schema.FormValue, field: str, owner: str) -> str:
+        """Check an image against the 302 rules and keep it as an upload; returns its UUID."""
+        data = self.image_bytes(value, field)
+        content_type, _w, _h = schema.check_image(data, field)
+        media_uuid = str(uuid.uuid4())
+        self.services.artifacts.put_bytes(f"{UPLOADS}/{media_uuid}", data,
+                                          content_type=content_type, owner=owner,
+                                          extension=_EXTENSIONS[content_type])
+        return media_uuid
+
+    def submit(self, route: schema.PathRoute, form: dict[str, schema.FormValue],
+               owner: str) -> Job:
+        """Check, map, validate and create the job."""
+        from reelserve.catalog.validate import validate
+
+        schema.check_form(route, form)
+        images: dict[str, str] = {}
+        for field in ("input_image", "tail_image"):
+            value = form.get(field)
+            if value not in (None, ""):
+                assert value is not None
+                images[field] = self.store_image(value, field, owner)
+        task_uuid = str(uuid.uuid4())
+        request = schema.to_request(route, form, task_uuid=task_uuid,
+                                    input_image=images.get("input_image"),
+                                    tail_image=images.get("tail_image"))
+        spec = validate(request)
+        recorded = {k: (f"upload:{images[k]}" if k in images else v)
+                    for k, v in form.items() if not isinstance(v, schema.ImageUpload)}
+        recorded.update({k: f"upload:{v}" for k, v in images.items()})
+        job = Job(id=schema.new_task_id(), task_uuid=task_uuid, owner=owner,
+                  origin=schema.ORIGIN, origin_data={"type": route.name}, request=recorded,
+                  spec=spec)
+        return self.services.store.create(job)
+
+    def get(self, task_id: str, owner: str) -> Job:
+        """The owner's job, or ``taskNotFound`` (also for other owners' jobs)."""
+        job = self.services.store.get(task_id)
+        if job is None or job.owner != owner:
+            raise NotFoundError("taskNotFound", f"no task with id {task_id!r} exists for this "
+                                "API key", parameter="id")
+        return job
+
+    def video_url(self, job: Job, result: Result) -> str:
+        """Signed URL of an output, valid ``default_ttl`` (or the job's ttl) from its creation."""
+        ttl = job.spec.ttl or self.services.settings.default_ttl
+        info = self.services.artifacts.info(result.artifact_key)
+        created = info.created_at if info is not None else job.updated_at
+        ext = info.extension if info is not None else ""
+        return self.services.signer.url(result.artifact_key, ext, created + ttl)
+
+    def cover_url(self, job: Job, result: Result) -> str | None:
+        """Signed URL of the cover (first frame as JPEG), made on first request."""
+        key = ensure_cover(self.services, job, result)
+        if key is None:
+            return None
+        ttl = job.spec.ttl or self.services.settings.default_ttl
+        info = self.services.artifacts.info(key)
+        created = info.created_at if info is not None else job.updated_at
+        return self.services.signer.url(key, "jpg", created + ttl)
+
+    def render(self, job: Job) -> dict[str, Any]:
+        """The 302 ``data`` of a job (may extract covers: blocking)."""
+        links = schema.Links(video=lambda r: self.video_url(job, r),
+                             cover=lambda r: self.cover_url(job, r))
+        return schema.render_task(job, links)
+
+
+def cover_key(result: Result) -> str:
+    """Artifact key of a result's cover image."""
+    return f"{OUTPUTS}/{result.video_uuid}_cover"
+
+
+def ensure_cover(services: Services, job: Job, result: Result) -> str | None:
+    """Make the cover of ``result`` (its first frame as JPEG) unless it exists; returns its key.
+
+    Blocking (PyAV decodes one frame): call from a thread. None when the video is not local.
+    """
+    key = cover_key(result)
+    if services.artifacts.info(key) is not None:
+        return key
+    path = services.artifacts.local_path(result.artifact_key)
+    if path is None:
+        return None
+    import io
+
+    import av  # lazy: the server imports no av at start
+
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0), None)
+        if frame is None:
+            return None
+        image = frame.to_image()
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=85)
+    services.artifacts.put_bytes(key, out.getvalue(), content_type="image/jpeg", owner=job.owner,
+                                 extension="jpg")
+    return key
+
+
+def m2v_router(services: Services) -> APIRouter:
+    """The 302-style routes (six submit paths and fetch)."""
+    router = APIRouter(tags=["302-style Kling"])
+    service = M2VService(services)
+
+    def make_submit(route: schema.PathRoute) -> Any:
+        async def submit(request: Request) -> JSONResponse:
+            try:
+                owner = await run_in_threadpool(owner_of, services, request)
+                form = await read_form(request)
+                job = await run_in_threadpool(service.submit, route, form, owner)
+                data = await run_in_threadpool(service.render, job)
+            except ReelserveError as exc:
+                return _error(exc)
+            return JSONResponse(schema.envelope(data))
+
+        submit.__name__ = f"submit_{route.name}"
+        return submit
+
+    for route in schema.PATHS.values():
+        router.add_api_route(f"/klingai/{route.name}", make_submit(route), methods=["POST"],
+                             summary=f"302-style {route.name} ({route.model}, "
+                             f"{route.duration:g} s)")
+
+    @router.get("/klingai/task/{task_id}/fetch", summary="302-style fetch")
+    async def fetch(task_id: str, request: Request) -> JSONResponse:
+        # ``geo`` (and any other query) is accepted and ignored, as on the 302 page.
+        try:
+            owner = await run_in_threadpool(owner_of, services, request)
+            job = await run_in_threadpool(service.get, task_id, owner)
+            data = await run_in_threadpool(service.render, job)
+        except ReelserveError as exc:
+            return _error(exc)
+        return JSONResponse(schema.envelope(data))
+
+    return router
+
+
+__all__ = ["M2VService", "ensure_cover", "m2v_router"]

@@ -1,0 +1,76 @@
+"""Stored outputs and uploads behind signed, expiring URLs.
+
+A URL is ``{base}/media/{outputs|uploads}/{uuid}.{ext}?exp=<unix>&sig=<hmac>``; the signature is
+an HMAC-SHA256 over the key and the expiry with ``settings.url_secret`` or a random secret kept in
+the data dir. A bad signature answers 404 and an expired URL 410; neither reveals the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+if TYPE_CHECKING:
+    from reelserve.api.app import Services
+
+
+class UrlSigner:
+    """Makes and checks signed media URLs."""
+
+    def __init__(self, secret: bytes, base_url: str) -> None:
+        self._secret = secret
+        self.base_url = base_url.rstrip("/")
+
+    def _sig(self, key: str, exp: int) -> str:
+        mac = hmac.new(self._secret, f"{key}\n{exp}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:18]).decode().rstrip("=")
+
+    def url(self, key: str, extension: str, expires_at: float) -> str:
+        """The signed URL of artifact ``key`` valid until ``expires_at`` (unix seconds)."""
+        exp = int(expires_at)
+        suffix = f".{extension.lstrip('.')}" if extension else ""
+        return f"{self.base_url}/media/{key}{suffix}?exp={exp}&sig={self._sig(key, exp)}"
+
+    def check(self, key: str, exp: str | None, sig: str | None) -> int:
+        """HTTP status for a request: 200 valid, 404 bad signature, 410 expired."""
+        if not exp or not sig or not exp.isdigit():
+            return 404
+        if not hmac.compare_digest(self._sig(key, int(exp)), sig):
+            return 404
+        if int(exp) < time.time():
+            return 410
+        return 200
+
+
+def media_router(services: Services) -> APIRouter:
+    """GET /media/{kind}/{name}: serve an artifact when its URL signature and expiry are good."""
+    router = APIRouter()
+
+    @router.get("/media/{kind}/{name}", include_in_schema=False)
+    async def get_media(kind: str, name: str, request: Request) -> Response:
+        if kind not in ("outputs", "uploads"):
+            return JSONResponse({"error": "not found"}, status_code=404)
+        key = f"{kind}/{name.split('.', 1)[0]}"
+        status = services.signer.check(key, request.query_params.get("exp"),
+                                       request.query_params.get("sig"))
+        if status == 404:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        if status == 410:
+            return JSONResponse({"error": "this URL has expired"}, status_code=410)
+        try:
+            info = await run_in_threadpool(services.artifacts.info, key)
+        except Exception:  # a malformed key
+            info = None
+        path = services.artifacts.local_path(key) if info is not None else None
+        if info is None or path is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return FileResponse(path, media_type=info.content_type)
+
+    return router

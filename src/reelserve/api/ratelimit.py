@@ -1,0 +1,106 @@
+"""Per-key limits: task submits per minute and tasks in flight.
+
+Both are checked when a generation task is submitted, before it is stored. A refusal is a
+:class:`~reelserve.errors.RateLimitError` with code ``rateLimitExceeded`` (kind RATE_LIMIT), which
+each dialect renders in its own error shape (Runware: an error item with the taskUUID).
+
+* Submits per minute (``REELSERVE_RATE_SUBMITS_PER_MINUTE``, default 120): a sliding 60 s window
+  per key, kept in memory per server process (several servers each apply it).
+* In flight (``REELSERVE_RATE_MAX_IN_FLIGHT``, default 32): the key's queued + running tasks, as
+  the job store counts them, so it holds across processes. Two submits racing at the limit may
+  both pass; the limit is a guard against floods, not an exact quota.
+
+``0`` switches a limit off. Blocking (the in-flight count reads the store): call from a thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from reelserve.errors import RateLimitError
+
+if TYPE_CHECKING:
+    from reelserve.jobs.store import JobStore
+    from reelserve.settings import Settings
+
+__all__ = ["RATE_LIMIT_CODE", "RateLimiter"]
+
+RATE_LIMIT_CODE = "rateLimitExceeded"
+_WINDOW = 60.0
+
+
+class RateLimiter:
+    """Applies the per-key limits.
+
+    Args:
+        submits_per_minute: submits allowed per key in any 60 s window (0: unlimited).
+        max_in_flight: queued + running tasks allowed per key (0: unlimited).
+        count_active: ``owner -> number of queued/running tasks`` (the job store's
+            ``count_active``).
+        clock: monotonic seconds; a seam for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        submits_per_minute: int,
+        max_in_flight: int,
+        count_active: Callable[[str], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.submits_per_minute = submits_per_minute
+        self.max_in_flight = max_in_flight
+        self._count_active = count_active
+        self._clock = clock
+        self._recent: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: JobStore) -> RateLimiter:
+        """The limits an install runs with."""
+        return cls(
+            submits_per_minute=settings.rate_submits_per_minute,
+            max_in_flight=settings.rate_max_in_flight,
+            count_active=store.count_active,
+        )
+
+    def check_submit(self, owner: str) -> None:
+        """Admit one submit by ``owner`` or raise ``rateLimitExceeded``.
+
+        An admitted submit counts against the per-minute window at once (even if it is refused
+        later for another reason: a flood of bad requests costs us work too).
+        """
+        if self.max_in_flight:
+            active = self._count_active(owner)
+            if active >= self.max_in_flight:
+                raise RateLimitError(
+                    RATE_LIMIT_CODE,
+                    f"this API key has {active} tasks queued or running; at most "
+                    f"{self.max_in_flight} are allowed in flight (rate_max_in_flight). Wait for "
+                    "some to finish, then submit again",
+                    parameter="taskType",
+                )
+        if not self.submits_per_minute:
+            return
+        now = self._clock()
+        with self._lock:
+            recent = self._recent.setdefault(owner, deque())
+            while recent and recent[0] <= now - _WINDOW:
+                recent.popleft()
+            if len(recent) >= self.submits_per_minute:
+                retry_in = max(1, int(recent[0] + _WINDOW - now + 0.999))
+                raise RateLimitError(
+                    RATE_LIMIT_CODE,
+                    f"this API key sent {len(recent)} tasks in the last minute; at most "
+                    f"{self.submits_per_minute} per minute are allowed "
+                    f"(rate_submits_per_minute). Retry in {retry_in} s",
+                    parameter="taskType",
+                )
+            recent.append(now)
+            if len(self._recent) > 10_000:  # forget idle keys so memory stays bounded
+                for key in [k for k, q in self._recent.items() if not q or q[-1] <= now - _WINDOW]:
+                    del self._recent[key]

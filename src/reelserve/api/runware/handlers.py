@@ -1,0 +1,373 @@
+"""Runware task handling, independent of the transport.
+
+:meth:`RunwareHandler.handle` takes the task objects of one request (REST body or WebSocket frame)
+for an authenticated owner and returns ``data`` items and ``errors``. REST (:mod:`.rest`) and
+WebSocket transports are thin layers over it. Every blocking step (job store, artifact files,
+decoding) runs in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+
+from reelserve.api.runware import render
+from reelserve.delivery.storage import OUTPUTS, UPLOADS
+from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
+from reelserve.tasks import DeliveryMethod, Job, JobStatus
+
+if TYPE_CHECKING:
+    from reelserve.api.app import Services
+
+# Media sent with imageUpload / mediaStorage: the seed image limit is 20 MB; video/audio get more.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_MEDIA_BYTES = 200 * 1024 * 1024
+
+_IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+
+
+@dataclass
+class Reply:
+    """What one batch of tasks produced."""
+
+    data: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: Reply) -> None:
+        """Append another reply's items."""
+        self.data.extend(other.data)
+        self.errors.extend(other.errors)
+
+
+def sniff_content_type(data: bytes) -> str | None:
+    """The media type of ``data`` from its magic bytes (images, video and audio we accept)."""
+    head = data[:64]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio/wav"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"M4A ", b"M4B "):
+            return "audio/mp4"
+        if brand == b"qt  ":
+            return "video/quicktime"
+        return "video/mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm"
+    if head.startswith(b"ID3") or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+        return "audio/mpeg"
+    if head.startswith(b"OggS"):
+        return "audio/ogg"
+    if head.startswith(b"fLaC"):
+        return "audio/flac"
+    return None
+
+
+_EXTENSIONS = {
+    **_IMAGE_TYPES, "audio/wav": "wav", "audio/mp4": "m4a", "video/quicktime": "mov",
+    "video/mp4": "mp4", "video/webm": "webm", "audio/mpeg": "mp3", "audio/ogg": "ogg",
+    "audio/flac": "flac",
+}
+
+
+def _task_uuid(task: dict[str, Any], required: bool = True) -> str | None:
+    value = task.get("taskUUID")
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(
+            "missingTaskUUID" if value is None else "invalidTaskUUID",
+            f"taskUUID must be a non-empty string (a UUID v4), got {value!r}",
+            parameter="taskUUID",
+        )
+    return value
+
+
+class RunwareHandler:
+    """Runs Runware tasks for an owner. One instance per app; safe for concurrent use."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def handle(self, tasks: list[Any], owner: str, *, wait_sync: bool = True) -> Reply:
+        """Run ``tasks`` concurrently and gather their items in task order.
+
+        ``wait_sync``: a ``videoInference`` with ``deliveryMethod: "sync"`` waits for its results
+        (REST). A transport that pushes results itself (WebSocket) passes False and gets the ACK.
+        """
+        replies = await asyncio.gather(
+            *(self.handle_one(task, owner, wait_sync=wait_sync) for task in tasks)
+        )
+        out = Reply()
+        for reply in replies:
+            out.extend(reply)
+        return out
+
+    async def handle_one(self, task: Any, owner: str, *, wait_sync: bool = True) -> Reply:
+        """Run one task; every failure becomes an error item naming its taskUUID and taskType."""
+        task_type = task.get("taskType") if isinstance(task, dict) else None
+        task_uuid = task.get("taskUUID") if isinstance(task, dict) else None
+        try:
+            if not isinstance(task, dict):
+                raise ValidationError(
+                    "invalidTask",
+                    f"each array element must be a task object, got {type(task).__name__}",
+                    parameter="task",
+                )
+            if not isinstance(task_type, str):
+                raise ValidationError(
+                    "missingTaskType" if task_type is None else "invalidTaskType",
+                    f"taskType must be a string naming the task, got {task_type!r}",
+                    parameter="taskType", allowed_values=sorted(_TASKS),
+                )
+            method = _TASKS.get(task_type)
+            if method is None:
+                raise ValidationError(
+                    "unsupportedTaskType",
+                    f"taskType {task_type!r} is not supported by this server",
+                    parameter="taskType", allowed_values=sorted(_TASKS),
+                )
+            return await method(self, task, owner, wait_sync)
+        except ReelserveError as exc:
+            return Reply(errors=[render.error_item(
+                exc, task_type=task_type if isinstance(task_type, str) else None,
+                task_uuid=task_uuid if isinstance(task_uuid, str) else None)])
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _ping(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
+        item: dict[str, Any] = {"taskType": "ping", "pong": True}
+        if isinstance(task.get("taskUUID"), str):
+            item["taskUUID"] = task["taskUUID"]
+        return Reply(data=[item])
+
+    async def _authentication(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
+        # The transport authenticated already; a repeated auth object is acknowledged.
+        return Reply(data=[{"taskType": "authentication"}])
+
+    async def _video_inference(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
+        from reelserve.api.runware.schema import parse_video_inference
+        from reelserve.catalog.validate import validate
+
+        request = parse_video_inference(task)
+        spec = validate(request)
+        policy = self.services.extra.get("outbound_policy")
+        if policy is not None:  # webhookURL/uploadEndpoint under the SSRF rules, before storing
+            from reelserve.delivery.dispatcher import check_targets
+
+            check_targets(spec.delivery, policy)
+        limiter = self.services.extra.get("ratelimiter")
+        if limiter is not None:  # per-key limits (api/ratelimit.py): rateLimitExceeded
+            await run_in_threadpool(limiter.check_submit, owner)
+        job = Job(id=str(uuid.uuid4()), task_uuid=spec.task_uuid, owner=owner, origin="runware",
+                  request=task, spec=spec)
+        job = await run_in_threadpool(self.services.store.create, job)
+        if spec.delivery.method is DeliveryMethod.SYNC and wait_sync:
+            return await self._wait_and_render(job)
+        return Reply(data=[render.ack_item(job.task_uuid)])
+
+    async def _wait_and_render(self, job: Job) -> Reply:
+        settings = self.services.settings
+        done = await self.services.events.wait_terminal(job.id, settings.sync_timeout)
+        if done is None or not done.status.is_terminal:
+            return Reply(errors=[render.error_item(
+                ReelserveError(
+                    "timeoutProvider",
+                    f"the task did not finish within sync_timeout={settings.sync_timeout:g} s; it "
+                    "keeps running: poll it with getResponse",
+                    kind=ErrorKind.TIMEOUT),
+                task_type=render.VIDEO_TASK, task_uuid=job.task_uuid)])
+        return await run_in_threadpool(self._deliver_terminal, done, False)
+
+    def _deliver_terminal(self, job: Job, with_status: bool) -> Reply:
+        results = self.services.store.take_undelivered(job.id)
+        return Reply(
+            data=[render.result_item(job, r, self.services, with_status=with_status)
+                  for r in results],
+            errors=render.job_errors(job),
+        )
+
+    async def _get_response(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
+        task_uuid = _task_uuid(task)
+        assert task_uuid is not None
+        job = await run_in_threadpool(self.services.store.get_by_task, owner, task_uuid)
+        if job is None:
+            raise NotFoundError("taskNotFound", f"no task with taskUUID {task_uuid!r} exists "
+                                "for this API key", parameter="taskUUID")
+        if not job.status.is_terminal:
+            return Reply(data=[render.processing_item(job)])
+        reply = await run_in_threadpool(self._deliver_terminal, job, True)
+        return reply
+
+    async def _get_task_details(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
+        task_uuid = _task_uuid(task)
+        assert task_uuid is not None
+        job = await run_in_threadpool(self.services.store.get_by_task, owner, task_uuid)
+        if job is None:
+            raise NotFoundError("taskNotFound", f"no task with taskUUID {task_uuid!r} exists "
+                                "for this API key", parameter="taskUUID")
+        response = await run_in_threadpool(render.job_response, job, self.services)
+        from reelserve.delivery.dispatcher import describe
+
+        deliveries = await run_in_threadpool(self.services.store.deliveries, job.id)
+        return Reply(data=[{
+            "taskType": "getTaskDetails", "taskUUID": task_uuid,
+            "status": _STATUS_NAMES[job.status], "progress": int(job.progress),
+            "request": job.request, "response": response,
+            "createdAt": job.created_at, "updatedAt": job.updated_at,
+            "deliveries": describe(deliveries),
+        }])
+
+    async def _model_search(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
+        # Argument types and ranges are checked by the catalog's search_models.
+        search = task.get("search")
+        limit = task.get("limit", 20)
+        offset = task.get("offset", 0)
+        search_models = _search_models()
+        result = await run_in_threadpool(search_models, search, limit, offset)
+        item: dict[str, Any] = {"taskType": "modelSearch"}
+        if isinstance(task.get("taskUUID"), str):
+            item["taskUUID"] = task["taskUUID"]
+        item.update(result)
+        return Reply(data=[item])
+
+    async def _image_upload(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
+        task_uuid = _task_uuid(task)
+        value = task.get("image")
+        data, content_type = await run_in_threadpool(
+            self._media_bytes, value, "image", MAX_IMAGE_BYTES)
+        if content_type not in _IMAGE_TYPES:
+            raise ValidationError(
+                "invalidImage", f"image is not a supported image ({content_type or 'unknown'} "
+                "data); allowed: PNG, JPEG, WEBP, GIF", parameter="image",
+                allowed_values=sorted(_IMAGE_TYPES))
+        media_uuid, url = await run_in_threadpool(self._store_upload, data, content_type, owner)
+        return Reply(data=[{"taskType": "imageUpload", "taskUUID": task_uuid,
+                            "imageUUID": media_uuid, "imageURL": url}])
+
+    async def _media_storage(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
+        task_uuid = _task_uuid(task)
+        operation = task.get("operation", "upload")
+        if operation == "upload":
+            data, content_type = await run_in_threadpool(
+                self._media_bytes, task.get("media"), "media", MAX_MEDIA_BYTES)
+            if content_type is None:
+                raise ValidationError(
+                    "invalidMedia", "media is not a recognised image, video or audio file; "
+                    "allowed: PNG, JPEG, WEBP, GIF, MP4, MOV, WEBM, MP3, WAV, M4A, OGG, FLAC",
+                    parameter="media")
+            media_uuid, url = await run_in_threadpool(self._store_upload, data, content_type,
+                                                      owner)
+            return Reply(data=[{"taskType": "mediaStorage", "taskUUID": task_uuid,
+                                "operation": "upload", "mediaUUID": media_uuid,
+                                "mediaURL": url}])
+        if operation == "delete":
+            media_uuid = task.get("mediaUUID")
+            if not isinstance(media_uuid, str):
+                raise ValidationError("missingMediaUUID" if media_uuid is None else
+                                      "invalidMediaUUID",
+                                      f"mediaUUID must be a string, got {media_uuid!r}",
+                                      parameter="mediaUUID")
+            deleted = await run_in_threadpool(self._delete_upload, media_uuid, owner)
+            if not deleted:
+                raise NotFoundError("mediaNotFound", f"no media with mediaUUID {media_uuid!r} "
+                                    "exists for this API key", parameter="mediaUUID")
+            return Reply(data=[{"taskType": "mediaStorage", "taskUUID": task_uuid,
+                                "operation": "delete", "mediaUUID": media_uuid}])
+        raise ValidationError("invalidOperation",
+                              f"operation must be 'upload' or 'delete', got {operation!r}",
+                              parameter="operation", allowed_values=["upload", "delete"])
+
+    # ------------------------------------------------------------------ media helpers
+
+    def _media_bytes(self, value: Any, parameter: str, cap: int) -> tuple[bytes, str | None]:
+        """Bytes of a data URI, raw base64, URL (through the netguard) or an earlier UUID."""
+        from reelserve.media.inputs import resolve_ref
+
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(
+                f"missing{parameter.capitalize()}" if value is None
+                else f"invalid{parameter.capitalize()}",
+                f"{parameter} must be a data URI, base64 string, URL or UUID, got {value!r:.60}",
+                parameter=parameter)
+        data = resolve_ref(value, parameter=parameter, lookup=self._lookup_for(),
+                           fetch=self._fetch, max_bytes=cap)
+        return data, sniff_content_type(data)
+
+    def _lookup_for(self) -> Any:
+        def lookup(media_uuid: str) -> Any:
+            # Re-uploading an existing upload/output by UUID: copy its bytes.
+            for prefix in (UPLOADS, OUTPUTS):
+                try:
+                    path = self.services.artifacts.local_path(f"{prefix}/{media_uuid}")
+                except ReelserveError:
+                    return None
+                if path is not None:
+                    return path
+            return None
+
+        return lookup
+
+    def _fetch(self, url: str, *, max_bytes: int) -> Any:
+        from reelserve.media import netguard
+
+        policy = netguard.OutboundPolicy.from_settings(self.services.settings)
+        return netguard.fetch(url, max_bytes=max_bytes, policy=policy)
+
+    def _store_upload(self, data: bytes, content_type: str, owner: str) -> tuple[str, str]:
+        media_uuid = str(uuid.uuid4())
+        ext = _EXTENSIONS.get(content_type, "bin")
+        info = self.services.artifacts.put_bytes(f"{UPLOADS}/{media_uuid}", data,
+                                                 content_type=content_type, owner=owner,
+                                                 extension=ext)
+        url = self.services.signer.url(info.key, ext,
+                                       info.created_at + self.services.settings.default_ttl)
+        return media_uuid, url
+
+    def _delete_upload(self, media_uuid: str, owner: str) -> bool:
+        for prefix in (UPLOADS, OUTPUTS):
+            key = f"{prefix}/{media_uuid}"
+            try:
+                info = self.services.artifacts.info(key)
+            except ReelserveError:  # not UUID-shaped
+                return False
+            if info is not None and info.owner in (None, owner):
+                return self.services.artifacts.delete(key)
+        return False
+
+
+def _search_models() -> Any:
+    """The catalog's modelSearch function (kept lazy: the catalog loads a TOML file)."""
+    try:
+        from reelserve.catalog.search import search_models
+    except ImportError:
+        from reelserve.catalog import search_models  # type: ignore[attr-defined,no-redef]
+    return search_models
+
+
+_STATUS_NAMES = {
+    JobStatus.QUEUED: "processing", JobStatus.RUNNING: "processing",
+    JobStatus.SUCCEEDED: "success", JobStatus.FAILED: "error", JobStatus.CANCELLED: "error",
+}
+
+_TASKS = {
+    "ping": RunwareHandler._ping,
+    "authentication": RunwareHandler._authentication,
+    "videoInference": RunwareHandler._video_inference,
+    "getResponse": RunwareHandler._get_response,
+    "getTaskDetails": RunwareHandler._get_task_details,
+    "modelSearch": RunwareHandler._model_search,
+    "imageUpload": RunwareHandler._image_upload,
+    "mediaStorage": RunwareHandler._media_storage,
+}

@@ -1,0 +1,126 @@
+"""Command line: ``reelserve serve | worker``.
+
+Every option also comes from ``REELSERVE_*`` environment variables; explicit options win. One
+:class:`~reelserve.settings.Settings` object is built here and passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reelserve import __version__
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from reelserve.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "data_dir", "workers"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from reelserve.api.app import create_app
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    logging.getLogger("reelserve").info(
+        "reelserve %s serving on %s (data dir %s, %d worker thread(s))",
+        __version__, settings.base_url, settings.data_dir, settings.workers)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                access_log=args.access_log)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from reelserve.worker.loop import run_standalone
+
+    settings = _settings(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logging.getLogger("reelserve").info("reelserve worker on %s (%d slot(s))",
+                                        settings.data_dir, max(1, settings.workers))
+    run_standalone(settings, stop)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from reelserve.engines.diffusers import cli as diffusers_cli
+
+    settings = _settings(args)
+    if args.models_command == "pull":
+        return diffusers_cli.models_pull(settings, args.name)
+    return diffusers_cli.models_list(settings)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from reelserve.engines.diffusers import cli as diffusers_cli
+
+    return diffusers_cli.doctor(_settings(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(prog="reelserve", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"reelserve {__version__}")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API server (with worker threads)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--data-dir", type=Path, help="job database, outputs and uploads")
+    serve.add_argument("--workers", type=int, help="worker threads beside the server (0: none)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=_serve)
+
+    worker = sub.add_parser("worker", help="run worker slots only, against a data dir")
+    worker.add_argument("--data-dir", type=Path, help="the server's data dir")
+    worker.add_argument("--workers", type=int, help="worker slots (default: REELSERVE_WORKERS)")
+    worker.set_defaults(func=_worker)
+
+    models = sub.add_parser("models", help="diffusers profiles and their weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="profiles, whether weights are present, what each serves")
+    pull = models_sub.add_parser("pull", help="download a profile's weights from the hub")
+    pull.add_argument("name", help="weights folder name (see `models list`), hub repo id or model id")
+    models.set_defaults(func=_models)
+
+    doctor = sub.add_parser("doctor", help="what engines, devices, weights and settings this install has")
+    doctor.set_defaults(func=_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``reelserve`` and ``python -m reelserve``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Deletes outputs and uploaded media once their URLs have expired.
+
+An output's URL is valid until its file's creation time + the task's ``ttl`` (or
+``settings.default_ttl``); an upload's until its creation + ``default_ttl``. After that the URL
+answers 410 anyway, so the file only costs disk: the sweeper removes it, and the job store marks
+the result expired so it is not looked at again. The signed URL check (``api/media.py``) and the
+sweeper use the same rule; the sweeper runs a little later than the URL stops working, never
+earlier (a result row is written after its file).
+
+Tests drive :meth:`Sweeper.sweep` with an explicit ``now`` instead of waiting for a ttl (the
+catalog's minimum ttl is 60 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from reelserve.delivery.storage import UPLOADS, LocalArtifactStore
+from reelserve.errors import ReelserveError
+
+if TYPE_CHECKING:
+    from reelserve.delivery.storage import ArtifactStore
+    from reelserve.jobs.store import JobStore
+    from reelserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SweepReport", "Sweeper"]
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one pass removed."""
+
+    outputs: int
+    uploads: int
+
+
+class Sweeper:
+    """Removes expired artifacts; ``start()`` repeats :meth:`sweep` every ``sweep_interval`` s.
+
+    Args:
+        settings: ``default_ttl`` and ``sweep_interval``.
+        store: the job store (knows each output's task and ttl).
+        artifacts: the artifact store to delete from.
+        clock: wall clock (seconds); a seam for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.artifacts = artifacts
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep(self, now: float | None = None) -> SweepReport:
+        """Delete everything expired at ``now`` (default: the clock)."""
+        now = self.clock() if now is None else now
+        outputs = 0
+        while True:
+            batch = self.store.expired_outputs(now, self.settings.default_ttl, 200)
+            for job_id, result in batch:
+                if self.artifacts.delete(result.artifact_key):
+                    outputs += 1
+                self.store.mark_expired(job_id, result.index)
+            if len(batch) < 200:
+                break
+        uploads = self._sweep_uploads(now)
+        if outputs or uploads:
+            log.info("sweeper removed %d expired outputs and %d uploads", outputs, uploads)
+        return SweepReport(outputs=outputs, uploads=uploads)
+
+    def _sweep_uploads(self, now: float) -> int:
+        # Uploads have no job row; the local store is listed directly. Other stores (object
+        # storage) expire uploads with their own lifecycle rules.
+        if not isinstance(self.artifacts, LocalArtifactStore):
+            return 0
+        removed = 0
+        for meta in (self.artifacts.root / UPLOADS).glob("*.json"):
+            key = f"{UPLOADS}/{meta.stem}"
+            try:
+                info = self.artifacts.info(key)
+            except ReelserveError:  # a stray file with a name that is not a key
+                continue
+            if info is not None and info.created_at + self.settings.default_ttl <= now:
+                removed += int(self.artifacts.delete(key))
+        return removed
+
+    def start(self) -> None:
+        """Sweep in a background thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="artifact-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except Exception:  # never let one bad file stop the sweeping
+                log.exception("sweep failed")
+            self._stop.wait(self.settings.sweep_interval)

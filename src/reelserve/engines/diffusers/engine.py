@@ -1,0 +1,408 @@
+"""DiffusersEngine: renders Kling model ids with open video models through diffusers.
+
+Per job: look up the profile of ``spec.model`` + ``spec.workflow``, take its pipeline from the
+residency cache (loading it on first use), plan the call at the profile's native size and rate,
+run it with progress and cancellation wired into ``callback_on_step_end``, then hand the encoder a
+lazy stream of frames fitted to the requested size and resampled to the contract rate and count.
+
+Size and time fitting (documented in docs/diffusers.md):
+
+* generation size: the profile's native pixel area at the requested aspect ratio, each side rounded
+  to the pipeline's multiple (Wan 16, LTX 32) — so a portrait request generates portrait, never a
+  squeezed landscape;
+* generated frames: ``duration x native_fps`` rounded up to the next ``4k+1`` (Wan) or ``8k+1``
+  (LTX), capped at the profile's ``max_frames`` (longer clips are then time-stretched);
+* output: every frame is cover-fitted (scale to cover, centre-crop) to exactly ``width x height``,
+  and output frame ``i`` shows the generated frame nearest to time ``i / fps`` (nearest, not
+  blended: blending two frames ghosts moving edges). Exactly ``spec.num_frames`` frames come out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reelserve.engines.base import CancelledFn, Clip, ProgressFn, ResolvedInputs, VideoInput
+from reelserve.engines.diffusers.profiles import Profile, ProfileEntry, ProfileSet
+from reelserve.engines.diffusers.residency import ResidencyCache
+from reelserve.errors import CancelledError, EngineError, ErrorKind, ReelserveError
+from reelserve.tasks import GenerationSpec, Workflow
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from reelserve.engines.diffusers.pipelines import CallPlan, LoadedPipeline
+    from reelserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Share of the progress bar given to denoising; the rest is the VAE decode and fitting.
+_DENOISE_SHARE = 0.95
+
+
+class _Interrupted(Exception):
+    """Raised from the step callback to leave the pipeline before its (wasted) VAE decode."""
+
+
+def generation_size(profile: Profile, width: int, height: int) -> tuple[int, int]:
+    """The size to generate at.
+
+    The native size itself (or its transpose for portrait requests) when the requested aspect is
+    within 10% of it — the model was trained there, and cover-fitting absorbs the small
+    difference; otherwise the native pixel area at the requested aspect, sides on the grid.
+    """
+    native_w, native_h = profile.native_wh
+    for cand_w, cand_h in ((native_w, native_h), (native_h, native_w)):
+        if abs(math.log((cand_w / cand_h) / (width / height))) < 0.1:
+            return cand_w, cand_h
+    area = native_w * native_h
+    aspect = width / height
+    step = profile.rule.side_multiple
+    gen_h = math.sqrt(area / aspect)
+    gen_w = gen_h * aspect
+    return max(step, round(gen_w / step) * step), max(step, round(gen_h / step) * step)
+
+
+def generation_frames(profile: Profile, duration: float) -> int:
+    """Frames to generate for ``duration`` seconds at the native rate: ``k*step + 1``, capped."""
+    step = profile.rule.frame_step
+    wanted = max(2, math.ceil(duration * profile.native_fps))
+    frames = math.ceil((wanted - 1) / step) * step + 1
+    if profile.max_frames is not None:
+        frames = min(frames, profile.max_frames)
+    return frames
+
+
+def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Cover-fit: scale so the image covers ``width x height``, then centre-crop to it."""
+    from PIL import Image as PILImage
+
+    image = image.convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    new_w = max(width, round(image.width * scale))
+    new_h = max(height, round(image.height * scale))
+    resized = image.resize((new_w, new_h), PILImage.Resampling.LANCZOS)
+    left = (new_w - width) // 2
+    top = (new_h - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def resample_indices(src_frames: int, src_fps: float, dst_frames: int, dst_fps: float) -> list[int]:
+    """For each output frame, the nearest source frame in time (clamped to the source)."""
+    if src_frames <= 0:
+        raise ValueError("no source frames")
+    # When the source was capped (max_frames) it covers less time than asked: stretch it over the
+    # whole output instead of freezing on its last frame.
+    src_span = (src_frames - 1) / src_fps
+    dst_span = (dst_frames - 1) / dst_fps if dst_frames > 1 else 0.0
+    stretch = src_span / dst_span if dst_span > src_span and dst_span > 0 else 1.0
+    return [
+        min(src_frames - 1, max(0, round(i / dst_fps * stretch * src_fps))) for i in range(dst_frames)
+    ]
+
+
+def _read_video(video: VideoInput, fps: float, num_frames: int, width: int, height: int) -> list[Image.Image]:
+    """Decode ``video``, resample it to ``num_frames`` at ``fps`` and cover-fit each frame."""
+    import av
+
+    frames: list[Image.Image] = []
+    with av.open(str(video.path)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            frames.append(frame.to_image())
+    if not frames:
+        raise EngineError(
+            "invalidVideo", f"input video {video.path.name} has no decodable frames", parameter="inputs.video"
+        )
+    src_fps = len(frames) / video.duration if video.duration > 0 else video.fps
+    idx = resample_indices(len(frames), src_fps, num_frames, fps)
+    return [fit_image(frames[i], width, height) for i in idx]
+
+
+def _first_frame_of(video: VideoInput) -> Image.Image:
+    import av
+
+    with av.open(str(video.path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            return frame.to_image().convert("RGB")
+    raise EngineError(
+        "invalidVideo", f"reference video {video.path.name} has no frames", parameter="inputs.referenceVideos"
+    )
+
+
+class DiffusersEngine:
+    """The :class:`~reelserve.engines.base.Engine` backed by diffusers pipelines.
+
+    Args:
+        profiles: the validated profiles (see :class:`ProfileSet`).
+        settings: install settings (device and memory budget).
+    """
+
+    name = "diffusers"
+
+    def __init__(self, profiles: ProfileSet, settings: Settings) -> None:
+        self.profiles = profiles
+        self.settings = settings
+        self._device: str | None = settings.diffusers_device
+        budget = settings.diffusers_memory_gb
+        self._budget_bytes: int | None = int(budget * 1e9) if budget is not None else None
+        self._budget_resolved = budget is not None
+        self._cache: ResidencyCache[tuple[str, str, str, str], LoadedPipeline] | None = None
+        self._init_lock = threading.Lock()
+
+    # -- Engine protocol ------------------------------------------------------------------
+
+    def supports(self, spec: GenerationSpec) -> bool:
+        """Whether a profile maps ``spec.model`` + ``spec.workflow``."""
+        return self.profiles.get(spec.model, spec.workflow) is not None
+
+    def generate(
+        self,
+        spec: GenerationSpec,
+        inputs: ResolvedInputs,
+        seed: int,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> Clip:
+        """Render one result of ``spec`` with ``seed`` (see the module docstring for fitting)."""
+        return self.generate_many(spec, inputs, [seed], progress, cancelled)[0]
+
+    def generate_many(
+        self,
+        spec: GenerationSpec,
+        inputs: ResolvedInputs,
+        seeds: list[int],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[Clip]:
+        """Render one clip per seed; up to the profile's ``batch`` seeds share one pipeline call.
+
+        Batching runs several seeds through the transformer together (one generator each), which
+        keeps the GPU busier than back-to-back calls; the profile's ``batch`` says how many fit.
+        """
+        entry = self._entry(spec)
+        profile = entry.profile
+        if spec.width is None or spec.height is None or spec.duration is None:
+            raise EngineError(
+                "internalError", "the diffusers engine needs a resolved spec (size and duration)",
+                kind=ErrorKind.INTERNAL,
+            )
+        batch = 1 if profile.pipeline == "wan-vace" else max(1, profile.batch)
+        groups = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
+        clips: list[Clip] = []
+        for n, group in enumerate(groups):
+
+            def part(fraction: float, n: int = n) -> None:
+                progress((n + fraction) / len(groups))
+
+            clips.extend(self._run(entry, spec, inputs, group, part, cancelled))
+        return clips
+
+    # -- residency ------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        """The torch device pipelines run on."""
+        if self._device is None:
+            from reelserve.engines.diffusers.pipelines import default_device
+
+            self._device = default_device()
+        return self._device
+
+    @property
+    def cache(self) -> ResidencyCache[tuple[str, str, str, str], LoadedPipeline]:
+        """The residency cache (built on first use, when the device is known)."""
+        with self._init_lock:
+            if self._cache is None:
+                from reelserve.engines.diffusers.pipelines import pipeline_bytes, release_pipeline
+
+                if not self._budget_resolved:
+                    self._budget_bytes = _default_budget(self.device)
+                    self._budget_resolved = True
+                self._cache = ResidencyCache(self._budget_bytes, pipeline_bytes, release_pipeline)
+            return self._cache
+
+    def loaded_models(self) -> set[str]:
+        """Model ids whose pipeline is resident now."""
+        if self._cache is None:
+            return set()
+        out: set[str] = set()
+        for key in self._cache.keys():
+            out |= self.profiles.models_for(key)
+        return out
+
+    def load(self, model: str, workflow: Workflow | str) -> None:
+        """Load (or touch) the pipeline serving ``model``/``workflow`` without running it."""
+        entry = self.profiles.get(model, workflow)
+        if entry is None:
+            raise EngineError("modelUnavailable", f"no profile for {model!r}/{workflow}", kind=ErrorKind.UNAVAILABLE)
+        with self._use(entry.profile):
+            pass
+
+    def _use(self, profile: Profile) -> Any:
+        from reelserve.engines.diffusers.pipelines import load_pipeline
+
+        return self.cache.use(
+            profile.resident_key(),
+            lambda: load_pipeline(profile, self.device),
+            estimate=_folder_bytes(profile.weights),
+        )
+
+    # -- one pipeline call ----------------------------------------------------------------
+
+    def _entry(self, spec: GenerationSpec) -> ProfileEntry:
+        entry = self.profiles.get(spec.model, spec.workflow)
+        if entry is None:
+            raise EngineError(
+                "modelUnavailable",
+                f"no diffusers profile for model {spec.model!r} workflow {spec.workflow.value!r}",
+                parameter="model",
+                kind=ErrorKind.UNAVAILABLE,
+            )
+        return entry
+
+    def _plan(
+        self, entry: ProfileEntry, spec: GenerationSpec, inputs: ResolvedInputs, seeds: list[int]
+    ) -> CallPlan:
+        import torch
+
+        from reelserve.engines.diffusers.pipelines import CallPlan
+
+        profile = entry.profile
+        assert spec.width is not None and spec.height is not None and spec.duration is not None
+        gen_w, gen_h = generation_size(profile, spec.width, spec.height)
+        frames = generation_frames(profile, spec.duration)
+        fit = (lambda im: fit_image(im, gen_w, gen_h))
+        refs = [fit_image(im, gen_w, gen_h) for im in inputs.reference_images]
+        # Kling's reference videos have no VACE counterpart; their first frames serve as references.
+        refs += [fit_image(_first_frame_of(v), gen_w, gen_h) for v in inputs.reference_videos]
+        video = None
+        if inputs.input_video is not None and spec.workflow is Workflow.V2V:
+            video = _read_video(inputs.input_video, profile.native_fps, frames, gen_w, gen_h)
+        guidance = profile.guidance_for(spec.cfg_scale)
+        guidance_2 = (
+            profile.guidance_2 * guidance / profile.guidance
+            if profile.guidance_2 is not None and profile.guidance > 0
+            else None
+        )
+        return CallPlan(
+            workflow=spec.workflow,
+            prompt=spec.positive_prompt or "",
+            negative_prompt=spec.negative_prompt or profile.negative_prompt,
+            width=gen_w,
+            height=gen_h,
+            num_frames=frames,
+            fps=profile.native_fps,
+            steps=profile.steps,
+            guidance=guidance,
+            guidance_2=guidance_2,
+            # CPU generators: the same seed gives the same noise on every device.
+            generators=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+            first=fit(inputs.first_frame) if inputs.first_frame is not None else None,
+            last=fit(inputs.last_frame) if inputs.last_frame is not None else None,
+            reference_images=refs,
+            video=video,
+            edit_strength=profile.edit_strength,
+        )
+
+    def _run(
+        self,
+        entry: ProfileEntry,
+        spec: GenerationSpec,
+        inputs: ResolvedInputs,
+        seeds: list[int],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[Clip]:
+        from reelserve.engines.diffusers import pipelines
+
+        if cancelled():
+            raise CancelledError("cancelled", "the job was cancelled before it started")
+        plan = self._plan(entry, spec, inputs, seeds)
+        steps = plan.steps
+
+        def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            # Editing runs fewer steps than planned (denoise strength): the pipeline knows how many.
+            total = getattr(pipe, "_num_timesteps", None) or steps
+            progress(_DENOISE_SHARE * min(1.0, (i + 1) / total))
+            if cancelled():
+                # The documented diffusers way to stop the loop ...
+                pipe._interrupt = True
+                # ... but the pipelines still VAE-decode the half-denoised latents after the loop,
+                # seconds of GPU work for nothing; leaving by exception skips it.
+                raise _Interrupted
+            return kwargs
+
+        with self._use(entry.profile) as loaded:
+            try:
+                frames = pipelines.run(loaded, plan, on_step)
+            except _Interrupted:
+                raise CancelledError(
+                    "cancelled", f"the job was cancelled during denoising ({steps} steps planned)"
+                ) from None
+            except ReelserveError:
+                raise
+            except Exception as exc:  # an engine crash: keep its text, map to the one error tree
+                log.exception("diffusers pipeline %s failed", entry.profile.pipeline)
+                raise EngineError(
+                    "engineFailed",
+                    f"pipeline {entry.profile.pipeline!r} failed for {entry.label}: {type(exc).__name__}: {exc}",
+                ) from exc
+        progress(1.0)
+        assert spec.width is not None and spec.height is not None
+        return [
+            _clip(frames[b], plan.fps, spec.width, spec.height, spec.fps, spec.num_frames)
+            for b in range(len(seeds))
+        ]
+
+
+def _clip(video: np.ndarray, src_fps: int, width: int, height: int, fps: int, count: int) -> Clip:
+    """A lazy clip: each output frame is fitted from the generated one only when the encoder asks."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    indices = resample_indices(int(video.shape[0]), src_fps, count, fps)
+    # One uint8 copy (a quarter of the float frames); fitting happens frame by frame.
+    source = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    def frames() -> Iterator[np.ndarray]:
+        last_index, last_frame = -1, None
+        for i in indices:
+            if i != last_index:
+                image = PILImage.fromarray(source[i])
+                if image.size != (width, height):
+                    image = fit_image(image, width, height)
+                last_index, last_frame = i, np.asarray(image, dtype=np.uint8)
+            assert last_frame is not None
+            yield last_frame
+
+    return Clip(frames=frames(), num_frames=count, width=width, height=height, fps=fps)
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Weights on disk: the load estimate before the real parameter bytes are known."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.endswith((".safetensors", ".bin", ".pt", ".pth", ".gguf")):
+                total += (Path(root) / name).stat().st_size
+    return total
+
+
+def _default_budget(device: str) -> int | None:
+    """90% of the GPU's memory, or half the machine's RAM on the CPU."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        return int(torch.cuda.get_device_properties(index).total_memory * 0.9)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,216 @@
+"""The JobStore protocol: the only durable state of reelserve.
+
+Every accepted task is a :class:`~reelserve.tasks.Job` row. Workers *claim* a job with a lease,
+renew it with heartbeats, record each finished result as soon as it exists, and finish or fail the
+job. A job whose worker died (lease expired) is claimed again; after ``max_attempts`` claims it
+ends with an error result instead, so no accepted task is ever silently lost.
+
+Waiting for changes works across processes: every store exposes :meth:`JobStore.subscribe` for
+in-process notification and readers poll :meth:`JobStore.get` with a short interval for writers in
+other processes (``reelserve worker --data-dir DIR``).
+
+Implementations: :class:`reelserve.jobs.sqlite.SQLiteJobStore` (embedded default). Every
+implementation must pass the contract suite in ``tests/jobs/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from reelserve.settings import Settings
+    from reelserve.tasks import Job, Result
+
+Listener = Callable[[str], None]
+"""Called with a job id after a committed change to that job (from the writing thread)."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a worker learns when it renews its lease.
+
+    ``owned`` is False when the lease was lost (expired and taken by another worker, or the job
+    reached a terminal state): the worker must stop and write nothing more. ``cancel_requested``
+    tells it to stop and let the job end as cancelled.
+    """
+
+    owned: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One outbox row: a webhook POST or an upload PUT of a job, and its attempts so far.
+
+    ``result_index`` is None for the job's failure webhook. ``state`` is ``pending``,
+    ``delivered``, ``failed`` or ``skipped``; ``history`` holds the last attempts
+    (``{"attempt", "at", "status", "ms", "error"?}``). See :mod:`reelserve.delivery.dispatcher`.
+    """
+
+    id: str
+    job_id: str
+    kind: str
+    url: str
+    result_index: int | None
+    state: str
+    attempts: int
+    next_at: float
+    created_at: float
+    updated_at: float
+    last_status: int | None = None
+    last_error: str | None = None
+    history: tuple[dict[str, Any], ...] = ()
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Durable jobs with leases. All methods are blocking: call them from a thread, never on the
+    asyncio event loop directly (use ``anyio.to_thread`` / ``run_in_threadpool``)."""
+
+    max_attempts: int
+
+    def create(self, job: Job) -> Job:
+        """Insert a new queued job.
+
+        Raises :class:`reelserve.errors.ConflictError` (``conflictTaskUUID``) when the owner
+        already has a job with ``job.task_uuid``.
+        """
+        ...
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with its recorded results, or None."""
+        ...
+
+    def get_by_task(self, owner: str, task_uuid: str) -> Job | None:
+        """The owner's job for a client task UUID, or None (never another owner's job)."""
+        ...
+
+    def list_jobs(
+        self, owner: str, *, origin: str | None = None, limit: int = 20, offset: int = 0,
+        after: str | None = None,
+    ) -> list[Job]:
+        """The owner's jobs, newest first, optionally of one ``origin`` only (for dialect lists).
+
+        ``offset`` skips that many; ``after`` (a job id of the same owner) starts below that job
+        (cursor paging). Never returns another owner's job.
+        """
+        ...
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a job and its results for good (the caller removes the artifacts first).
+
+        A worker still running it loses its lease (its heartbeat answers ``owned=False``) and
+        writes nothing more. False when there was no such job.
+        """
+        ...
+
+    def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
+        """Take the oldest runnable job (queued, or running with an expired lease).
+
+        Increments ``attempts`` and sets status running. A job whose lease expired after
+        ``max_attempts`` claims is failed (``workerLost``) instead of being returned.
+        """
+        ...
+
+    def heartbeat(
+        self, job_id: str, worker_id: str, lease_seconds: float, progress: float | None = None
+    ) -> Heartbeat:
+        """Renew the lease (and store progress 0-100 when given)."""
+        ...
+
+    def add_result(self, job_id: str, worker_id: str, result: Result) -> bool:
+        """Record one finished result (idempotent per ``result.index``); False if lease lost."""
+        ...
+
+    def finish(self, job_id: str, worker_id: str, cost: float | None = None) -> bool:
+        """Mark the job succeeded; False if the worker no longer holds the lease."""
+        ...
+
+    def fail(
+        self, job_id: str, worker_id: str, error: dict[str, Any], *, retry: bool = False
+    ) -> Job | None:
+        """End the job with ``error`` (a ReelserveError dict plus ``kind``).
+
+        With ``retry`` and attempts left, the job goes back to the queue instead. A job whose
+        cancel was requested ends as cancelled. Returns the job as it is now, or None when the
+        lease was lost.
+        """
+        ...
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Ask for cancellation: a queued job is cancelled at once, a running one at its next
+        heartbeat. Terminal jobs are left as they are."""
+        ...
+
+    def take_undelivered(self, job_id: str) -> list[Result]:
+        """Atomically return the results not handed out yet and mark them delivered."""
+        ...
+
+    # Delivery outbox (rows are added by add_result / fail / cancel in the same transaction,
+    # for jobs with a webhook URL or upload endpoint).
+
+    def claim_deliveries(
+        self, worker_id: str, lease_seconds: float, limit: int = 16
+    ) -> list[DeliveryRecord]:
+        """Lease up to ``limit`` pending deliveries whose next attempt is due."""
+        ...
+
+    def record_delivery(
+        self,
+        delivery_id: str,
+        worker_id: str,
+        attempt: dict[str, Any],
+        *,
+        state: str,
+        next_at: float | None = None,
+    ) -> bool:
+        """Append ``attempt`` to the history, set ``state`` (and ``next_at`` for a retry) and
+        release the lease; False when the lease was lost."""
+        ...
+
+    def deliveries(self, job_id: str) -> list[DeliveryRecord]:
+        """Every delivery of a job with its attempts."""
+        ...
+
+    def expired_outputs(
+        self, now: float, default_ttl: float, limit: int = 200
+    ) -> list[tuple[str, Result]]:
+        """``(job_id, result)`` pairs whose ttl (or ``default_ttl``) ended before ``now`` and
+        that are not marked expired yet."""
+        ...
+
+    def mark_expired(self, job_id: str, index: int) -> None:
+        """Record that a result's file was removed by the sweeper."""
+        ...
+
+    def count_active(self, owner: str) -> int:
+        """Number of the owner's queued or running jobs (per-key in-flight limit)."""
+        ...
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Register an in-process change listener; returns a function that unregisters it."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The job store named by ``settings.resolved_database_url`` (SQLite by default)."""
+    from reelserve.errors import ValidationError
+
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///"):
+        from reelserve.jobs.sqlite import SQLiteJobStore
+
+        return SQLiteJobStore(url.removeprefix("sqlite:///"), max_attempts=settings.max_attempts)
+    scheme = url.split(":", 1)[0]
+    raise ValidationError(
+        "unsupportedDatabaseUrl",
+        f"database_url scheme {scheme!r} is not supported by this install; allowed: sqlite:///PATH",
+        parameter="database_url",
+        allowed_values=["sqlite"],
+    )

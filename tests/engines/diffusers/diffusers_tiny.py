@@ -1,0 +1,171 @@
+"""Tiny random diffusers pipelines of every kind, built offline from small configs.
+
+Shapes follow diffusers' own fast tests (2-layer transformers, 3-channel VAEs); the T5/UMT5
+tokenizer is a Unigram model trained here with the ``tokenizers`` library, so nothing is
+downloaded. Each builder saves a complete diffusers folder with ``save_pretrained``, which the tests
+then load through the real profile-loading code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TEXT_DIM = 32
+KINDS = ("wan-t2v", "wan-i2v", "wan-flf2v", "wan22-i2v", "wan22-ti2v", "wan-vace", "ltx-condition")
+
+_CORPUS = [
+    "a cat dances on the moon",
+    "a red car drives fast through the city at night",
+    "waves crash on a rocky shore under a grey sky",
+    "a lighthouse on basalt cliffs, windmill, fog, harbor, lanterns",
+]
+
+
+def tiny_tokenizer() -> Any:
+    """A T5-style fast tokenizer (Unigram, ``</s>`` appended) trained on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    tok.train_from_iterator(_CORPUS * 10, trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
+
+
+def _umt5(vocab: int) -> Any:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8,
+    )
+    return UMT5EncoderModel(config).eval()
+
+
+def _t5(vocab: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _wan_vae(z48: bool = False) -> Any:
+    from diffusers import AutoencoderKLWan
+
+    if z48:
+        return AutoencoderKLWan(
+            base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+            latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+            scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+        )
+    return AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+
+
+def _wan_transformer(in_channels: int, out_channels: int = 16, **extra: Any) -> Any:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels,
+        out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **extra,
+    )
+
+
+def _scheduler() -> Any:
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+
+def build_pipeline(kind: str) -> Any:
+    """A tiny random pipeline of ``kind`` (seeded, so every build is identical)."""
+    import diffusers
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    vocab = len(tokenizer)
+    if kind == "ltx-condition":
+        transformer = diffusers.LTXVideoTransformer3DModel(
+            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
+            attention_head_dim=8, cross_attention_dim=32, num_layers=1, caption_channels=TEXT_DIM,
+        )
+        vae = diffusers.AutoencoderKLLTXVideo(
+            in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False, False, False, False, False),
+            upsample_residual=(False, False, False, False), upsample_factor=(1, 1, 1, 1),
+            timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True,
+            decoder_causal=False,
+        )
+        vae.use_framewise_encoding = False
+        vae.use_framewise_decoding = False
+        return diffusers.LTXConditionPipeline(
+            transformer=transformer, vae=vae, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+            text_encoder=_t5(vocab), tokenizer=tokenizer,
+        )
+    text = {"text_encoder": _umt5(vocab), "tokenizer": tokenizer, "scheduler": _scheduler()}
+    if kind == "wan-t2v":
+        return diffusers.WanPipeline(transformer=_wan_transformer(16), vae=_wan_vae(), **text)
+    if kind in ("wan-i2v", "wan-flf2v"):
+        encoder = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2,
+                image_size=32, intermediate_size=16, patch_size=1,
+            )
+        )
+        extra: dict[str, Any] = {"image_dim": 4}
+        if kind == "wan-flf2v":
+            # FLF2V adds learned positions over the two images' CLIP tokens (2 x (32*32 + 1)).
+            extra["pos_embed_seq_len"] = 2 * (32 * 32 + 1)
+        return diffusers.WanImageToVideoPipeline(
+            transformer=_wan_transformer(36, **extra), vae=_wan_vae(), image_encoder=encoder,
+            image_processor=CLIPImageProcessor(crop_size=32, size=32), **text,
+        )
+    if kind == "wan22-i2v":
+        return diffusers.WanImageToVideoPipeline(
+            transformer=_wan_transformer(36), transformer_2=_wan_transformer(36), vae=_wan_vae(),
+            image_encoder=None, image_processor=None, boundary_ratio=0.875, **text,
+        )
+    if kind == "wan22-ti2v":
+        return diffusers.WanPipeline(
+            transformer=_wan_transformer(48, 48), vae=_wan_vae(z48=True), expand_timesteps=True, **text
+        )
+    if kind == "wan-vace":
+        transformer = diffusers.WanVACETransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+            out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=3,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+            vace_layers=[0, 2], vace_in_channels=96,
+        )
+        return diffusers.WanVACEPipeline(transformer=transformer, vae=_wan_vae(), **text)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def save_tiny(kind: str, folder: Path) -> Path:
+    """Build the tiny ``kind`` pipeline and save it as a diffusers folder; returns ``folder``."""
+    pipe = build_pipeline(kind)
+    pipe.save_pretrained(folder)
+    return folder
