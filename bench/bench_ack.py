@@ -78,6 +78,9 @@ def main() -> int:
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("REELSERVE_")}
         env["REELSERVE_WORKERS"] = "0"
+        # Per-key rate limits would turn most submits into refusals: measure the accept path.
+        env["REELSERVE_RATE_SUBMITS_PER_MINUTE"] = "0"
+        env["REELSERVE_RATE_MAX_IN_FLIGHT"] = "0"
         proc = subprocess.Popen(
             [sys.executable, "-m", "reelserve", "--log-level", "warning", "serve",
              "--port", str(port), "--data-dir", data_dir], env=env)

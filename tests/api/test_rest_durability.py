@@ -78,7 +78,10 @@ def test_kill_9_mid_job_then_restart_completes_every_accepted_task(
 @pytest.mark.slow
 def test_200_concurrent_async_submits(server_factory: ServerFactory) -> None:
     srv = server_factory(env={"REELSERVE_ENGINE_SELECTOR": "tiny_engine:engine_selector",
-                              "REELSERVE_WORKERS": "2"})
+                              "REELSERVE_WORKERS": "2",
+                              # per-key limits are tested with the rate limiter, not here
+                              "REELSERVE_RATE_SUBMITS_PER_MINUTE": "0",
+                              "REELSERVE_RATE_MAX_IN_FLIGHT": "0"})
     tasks = [_task() for _ in range(200)]
 
     async def submit_all() -> list[httpx.Response]:

@@ -187,12 +187,11 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": reelserve.__version__}
 
+    from reelserve.api.ratelimit import RateLimiter
+    from reelserve.api.runware import render as runware_render
     from reelserve.api.runware.handlers import RunwareHandler
     from reelserve.api.runware.rest import runware_rest_router
     from reelserve.api.runware.ws import runware_ws_router
-
-    from reelserve.api.ratelimit import RateLimiter
-    from reelserve.api.runware import render as runware_render
     from reelserve.delivery.dispatcher import Dispatcher
     from reelserve.delivery.sweeper import Sweeper
 

@@ -24,7 +24,15 @@ _CORPUS = [
 
 def tiny_tokenizer() -> Any:
     """A T5-style fast tokenizer (Unigram, ``</s>`` appended) trained on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import T5TokenizerFast
 
     tok = Tokenizer(models.Unigram())
@@ -169,3 +177,26 @@ def save_tiny(kind: str, folder: Path) -> Path:
     pipe = build_pipeline(kind)
     pipe.save_pretrained(folder)
     return folder
+
+
+#: The tiny profile of each kind: small native size and rate so a 5 s clip is ~20 frames.
+TINY_NATIVE = {kind: ("32x32", 4) for kind in KINDS}
+
+
+def profile_toml(entries: list[tuple[str, str, str, Path | str, dict[str, Any]]]) -> str:
+    """TOML text for ``(model, workflow, pipeline, weights, extra)`` entries."""
+    lines: list[str] = []
+    for model, workflow, pipeline, weights, extra in entries:
+        size, fps = TINY_NATIVE.get(pipeline, ("32x32", 4))
+        body = {"pipeline": pipeline, "weights": str(weights), "steps": 2, "guidance": 3.0,
+                "native_size": size, "native_fps": fps, **extra}
+        lines.append(f'[models."{model}".{workflow}]')
+        for key, value in body.items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, (int, float)):
+                lines.append(f"{key} = {value}")
+            else:
+                lines.append(f"{key} = {value!r}".replace("'", '"'))
+        lines.append("")
+    return "\n".join(lines)

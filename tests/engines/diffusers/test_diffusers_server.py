@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import profile_toml
-from reelserve_testing import make_video, poll_results, runware, upload_image, upload_media
+from diffusers_tiny import profile_toml
 
 from reelserve.media.probe import probe
+from reelserve_testing import make_video, poll_results, runware, upload_image, upload_media
 
 O1 = "klingai:kling@o1-standard"
 

@@ -273,18 +273,18 @@ class RunwareHandler:
                                 "operation": "upload", "mediaUUID": media_uuid,
                                 "mediaURL": url}])
         if operation == "delete":
-            media_uuid = task.get("mediaUUID")
-            if not isinstance(media_uuid, str):
-                raise ValidationError("missingMediaUUID" if media_uuid is None else
+            target = task.get("mediaUUID")
+            if not isinstance(target, str):
+                raise ValidationError("missingMediaUUID" if target is None else
                                       "invalidMediaUUID",
-                                      f"mediaUUID must be a string, got {media_uuid!r}",
+                                      f"mediaUUID must be a string, got {target!r}",
                                       parameter="mediaUUID")
-            deleted = await run_in_threadpool(self._delete_upload, media_uuid, owner)
+            deleted = await run_in_threadpool(self._delete_upload, target, owner)
             if not deleted:
-                raise NotFoundError("mediaNotFound", f"no media with mediaUUID {media_uuid!r} "
+                raise NotFoundError("mediaNotFound", f"no media with mediaUUID {target!r} "
                                     "exists for this API key", parameter="mediaUUID")
             return Reply(data=[{"taskType": "mediaStorage", "taskUUID": task_uuid,
-                                "operation": "delete", "mediaUUID": media_uuid}])
+                                "operation": "delete", "mediaUUID": target}])
         raise ValidationError("invalidOperation",
                               f"operation must be 'upload' or 'delete', got {operation!r}",
                               parameter="operation", allowed_values=["upload", "delete"])

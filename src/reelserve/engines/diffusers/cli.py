@@ -33,8 +33,9 @@ def _profiles(settings: Settings, out: TextIO) -> ProfileSet | None:
     return ProfileSet.load(settings.profiles, check_weights=False)
 
 
-def models_list(settings: Settings, out: TextIO = sys.stdout) -> int:
+def models_list(settings: Settings, out: TextIO | None = None) -> int:
     """Print every profile: model id, workflow, pipeline, weights folder, present or not, repo."""
+    out = out or sys.stdout
     try:
         profiles = _profiles(settings, out)
     except ReelserveError as exc:
@@ -59,8 +60,9 @@ def models_list(settings: Settings, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def models_pull(settings: Settings, name: str, out: TextIO = sys.stdout) -> int:
+def models_pull(settings: Settings, name: str, out: TextIO | None = None) -> int:
     """Download the weights ``name`` (weights folder name, hub repo id or model id)."""
+    out = out or sys.stdout
     from reelserve.engines.diffusers.hub import pull
 
     try:
@@ -82,8 +84,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
+def doctor(settings: Settings, out: TextIO | None = None) -> int:
     """Print what this install has: versions, devices, engines, profiles and weights, settings."""
+    out = out or sys.stdout
     from reelserve import __version__
 
     problems = 0
