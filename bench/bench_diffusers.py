@@ -308,7 +308,6 @@ def main() -> None:
             pos, neg = pipe.encode_prompt(PROMPT, NEGATIVE, device=device, dtype=dtype)
             wrapped = CfgBatchedTransformer(inner, neg)
             pipe.transformer = wrapped
-            original_encode = pipe.encode_prompt
             pipe.encode_prompt = lambda *a, **k: (pos, neg)
             t = per_step()
             print(f"  CFG batching             {t:.3f} s/step  gain {base / t:.2f}x")

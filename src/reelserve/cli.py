@@ -40,8 +40,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("reelserve").info(
         "reelserve %s serving on %s (data dir %s, %d worker thread(s))",
         __version__, settings.base_url, settings.data_dir, settings.workers)
+    # uvicorn's own WebSocket frame cap (16 MiB) would close the socket before our
+    # payloadTooLarge error for frames between it and max_body_bytes; give it headroom.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log)
+                access_log=args.access_log, ws_max_size=settings.max_body_bytes + (1 << 20))
     return 0
 
 

@@ -135,6 +135,14 @@ class RateLimitError(ReelserveError):
     default_kind = ErrorKind.RATE_LIMIT
 
 
+class InFlightLimitError(RateLimitError):
+    """Per-key limit on queued + running tasks reached.
+
+    A concurrency limit rather than a rate: dialects that tell the two apart (Kling: 1303
+    against 1302 for "too fast") map this subclass; the others see a plain rate limit.
+    """
+
+
 class OutboundBlockedError(ReelserveError):
     """An outbound URL points somewhere the netguard refuses (SSRF rules) or cannot be fetched."""
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=0, description="worker slots run beside the server")
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    prefer_max_wait: float = Field(
+        default=30.0, ge=0, description="seconds after which a queued job is claimed in arrival "
+        "order even when workers prefer jobs for their loaded models (0: strict arrival order)",
+    )
     sync_timeout: float = Field(default=900.0, gt=0, description="how long a sync REST call waits")
 
     # Runware WebSocket transport (api/runware/ws.py); frames are capped by max_body_bytes

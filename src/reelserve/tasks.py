@@ -144,6 +144,9 @@ class Delivery(_Frozen):
     webhook_url: str | None = None
     upload_endpoint: str | None = None
     include_cost: bool = False
+    status_url: str | None = None
+    """POSTed on every status change (queued, running, terminal) through the delivery outbox;
+    the dialect renders the body (Kling's ``callback_url``). Runware has no such field."""
 
 
 class Safety(_Frozen):

@@ -13,7 +13,7 @@ import pytest
 from receiver_helpers import Receiver
 
 from reelserve.delivery import webhook
-from reelserve.delivery.dispatcher import Dispatcher, describe
+from reelserve.delivery.dispatcher import Dispatcher, StatusEvent, describe
 from reelserve.delivery.storage import LocalArtifactStore
 from reelserve.jobs.sqlite import SQLiteJobStore
 from reelserve.settings import Settings
@@ -282,3 +282,59 @@ def test_backoff_grows_and_is_capped(
     delays = [d.backoff(n) for n in range(1, 8)]
     for n, delay in enumerate(delays, start=1):
         assert 0.9 * min(30, 2 ** (n - 1)) <= delay <= 1.1 * min(30, 2 ** (n - 1))
+
+
+def test_status_changes_are_posted_in_order_rendered_at_each_event(
+    tmp_path: Path, store: SQLiteJobStore, artifacts: LocalArtifactStore, receiver: Receiver
+) -> None:
+    receiver.fail_first = 2  # the first status is retried; the later ones wait behind it
+    d = Dispatcher(settings(tmp_path), store, artifacts)
+
+    def status_renderer(job: Job, event: StatusEvent) -> dict[str, Any]:
+        return {"id": job.id, "status": event.status.value, "at": event.at, "now": job.status.value}
+
+    d.register_status_renderer("dialect-x", status_renderer)
+    spec = GenerationSpec(
+        task_uuid="t-status", model="klingai:1@1", workflow=Workflow.T2V, width=1280, height=720,
+        fps=30, duration=5.0, seeds=[1],
+        delivery=Delivery(status_url=f"{receiver.url}/status?k=1"),
+    )
+    job = store.create(Job(id="j-status", task_uuid="t-status", owner="o", origin="dialect-x",
+                           spec=spec))
+    assert store.claim("w", 30) is not None
+    assert store.finish(job.id, "w")
+    drain(d, store, job.id)
+    bodies = [json.loads(r.body) for r in receiver.accepted()]
+    # Every event rendered as it was, although the job had finished before any was sent.
+    assert [b["status"] for b in bodies] == ["queued", "running", "succeeded"]
+    assert {b["now"] for b in bodies} == {"succeeded"}
+    rows = store.deliveries(job.id)
+    assert [b["at"] for b in bodies] == [r.created_at for r in rows]
+    assert [r.path for r in receiver.seen] == ["/status?k=1"] * 5
+    assert all(webhook.verify(SECRET, r.body, r.headers) for r in receiver.seen)
+    ids = [r.headers[webhook.DELIVERY_HEADER] for r in receiver.accepted()]
+    assert ids == [f"{job.id}:status:{s}" for s in ("queued", "running", "succeeded")]
+    described = describe(rows)
+    assert [(x["type"], x["event"], x["state"]) for x in described] == [
+        ("statusCallback", "queued", "delivered"),
+        ("statusCallback", "running", "delivered"),
+        ("statusCallback", "succeeded", "delivered"),
+    ]
+    assert described[0]["attempts"] == 3
+
+
+def test_status_change_without_a_status_renderer_fails(
+    tmp_path: Path, store: SQLiteJobStore, artifacts: LocalArtifactStore, receiver: Receiver
+) -> None:
+    d = Dispatcher(settings(tmp_path), store, artifacts)
+    d.register_renderer("runware", renderer)  # a result renderer is not a status renderer
+    spec = GenerationSpec(
+        task_uuid="t-x", model="klingai:1@1", workflow=Workflow.T2V, width=1280, height=720,
+        fps=30, duration=5.0, seeds=[1], delivery=Delivery(status_url=f"{receiver.url}/s"),
+    )
+    job = store.create(Job(id="j-x", task_uuid="t-x", owner="o", spec=spec))
+    drain(d, store, job.id)
+    [row] = store.deliveries(job.id)
+    assert row.state == "failed" and row.attempts == 1
+    assert row.last_error is not None and "no status renderer" in row.last_error
+    assert receiver.seen == []

@@ -12,6 +12,7 @@ import jwt
 import pytest
 from tests.dialects.helpers import download_and_probe, poll, receiver
 
+from reelserve.delivery import webhook
 from reelserve_testing import ServerProcess, make_png
 
 S1 = "sk-one-" + "1" * 32
@@ -162,14 +163,47 @@ def test_callback_on_each_status_change(kling: ServerProcess) -> None:
         created = _ok(httpx.post(f"{kling.url}/v1/videos/text2video", headers=auth(), json={
             "prompt": "a lantern", "aspect_ratio": "1:1", "callback_url": rec.url,
             "external_task_id": f"cb-{time.time_ns()}"}))
-        bodies = rec.wait_for(lambda b: any(x["task_status"] in ("succeed", "failed")
-                                            for x in b))
-    mine = [b for b in bodies if b["task_id"] == created["task_id"]]
-    statuses = [b["task_status"] for b in mine]
-    assert statuses[-1] == "succeed", statuses
-    assert len(statuses) == len(set(statuses))  # one POST per status change
-    assert set(statuses) <= {"submitted", "processing", "succeed"}
-    assert len(statuses) >= 2
-    final = mine[-1]
-    assert final["task_info"]["external_task_id"] == created["task_info"]["external_task_id"]
-    assert final["task_result"]["videos"][0]["url"].startswith(kling.url)
+        rec.wait_for(lambda b: any(x["task_id"] == created["task_id"]
+                                   and x["task_status"] in ("succeed", "failed") for x in b))
+        time.sleep(0.5)  # nothing more arrives
+        with rec.lock:
+            pairs = list(zip(rec.bodies, rec.headers, strict=True))
+    mine = [(b, h) for b, h in pairs if b["task_id"] == created["task_id"]]
+    # Each status once, in the order the task went through them (the delivery outbox).
+    assert [b["task_status"] for b, _ in mine] == ["submitted", "processing", "succeed"]
+    submitted, processing, succeed = (b for b, _ in mine)
+    assert len({h[webhook.DELIVERY_HEADER] for _, h in mine}) == 3
+    # Each body is the task as it was at that change: no result before it exists.
+    assert "task_result" not in submitted and "task_result" not in processing
+    assert submitted["updated_at"] <= processing["updated_at"] <= succeed["updated_at"]
+    assert submitted["created_at"] == created["created_at"]
+    for body in (submitted, processing, succeed):
+        assert body["task_info"]["external_task_id"] == created["task_info"]["external_task_id"]
+    assert succeed["task_result"]["videos"][0]["url"].startswith(kling.url)
+    final = _ok(httpx.get(f"{kling.url}/v1/videos/text2video/{created['task_id']}",
+                          headers=auth()))
+    assert final["task_result"] == succeed["task_result"]
+
+
+def test_rate_limits_in_the_kling_envelope(server_factory: Any) -> None:
+    srv = server_factory(env={
+        "REELSERVE_WORKERS": "0",  # nothing runs: tasks stay in flight
+        "REELSERVE_KLING_KEYS": KEYS,
+        "REELSERVE_RATE_MAX_IN_FLIGHT": "2",
+        "REELSERVE_RATE_SUBMITS_PER_MINUTE": "3",
+    })
+    url = f"{srv.url}/v1/videos/text2video"
+    body = {"prompt": "a slow river", "aspect_ratio": "1:1"}
+    _ok(httpx.post(url, headers=auth(), json=body))
+    _ok(httpx.post(url, headers=auth(), json=body))
+    # In flight: Kling's "parallel tasks over the limit".
+    msg = _err(httpx.post(url, headers=auth(), json=body), 1303, 429)
+    assert "in flight" in msg and "2" in msg and "taskType" not in msg
+    # Another access key is not affected; a duplicate external_task_id still counts per minute.
+    two = auth(access="ak-two", secret=S2)
+    _ok(httpx.post(url, headers=two, json={**body, "external_task_id": "dup"}))
+    for _ in range(2):
+        _err(httpx.post(url, headers=two, json={**body, "external_task_id": "dup"}), 1201, 400)
+    # Per minute: Kling's "requests too fast".
+    msg = _err(httpx.post(url, headers=two, json=body), 1302, 429)
+    assert "per minute" in msg and "taskType" not in msg

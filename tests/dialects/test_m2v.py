@@ -180,3 +180,30 @@ def test_api_keys_are_required_when_configured(server_factory: Any) -> None:
     resp = httpx.post(f"{srv.url}/klingai/m2v_txt2video_hq_5s", data={"prompt": "a b"},
                       headers={"Authorization": "Bearer k1"})
     assert resp.status_code == 200 and resp.json()["data"]["status"] == 5
+
+
+def test_rate_limits_in_the_302_envelope(server_factory: Any) -> None:
+    srv: ServerProcess = server_factory(env={
+        "REELSERVE_API_KEYS": "key-a,key-b",
+        "REELSERVE_WORKERS": "0",  # nothing runs: tasks stay in flight
+        "REELSERVE_RATE_MAX_IN_FLIGHT": "1",
+    })
+
+    def post(key: str, path: str, files: dict[str, Any] | None = None) -> httpx.Response:
+        return httpx.post(f"{srv.url}/klingai/{path}", data={"prompt": "a b"}, files=files,
+                          headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    image = {"input_image": ("a.png", make_png(400, 400), "image/png")}
+    assert post("key-a", "m2v_15_img2video", image).json()["result"] == 1
+    uploads = srv.data_dir / "artifacts" / "uploads"
+    stored = sorted(uploads.iterdir())
+    assert stored  # the accepted submit kept its image
+    resp = post("key-a", "m2v_15_img2video", image)
+    assert resp.status_code == 429, resp.text
+    body = resp.json()
+    assert (body["result"], body["status"], body["code"], body["data"]) == (
+        0, 429, "rateLimitExceeded", None)
+    assert "in flight" in body["message"] and "parameter" not in body
+    # Refused before the image was stored; other keys are not affected.
+    assert sorted(uploads.iterdir()) == stored
+    assert post("key-b", "m2v_txt2video_hq_5s").json()["result"] == 1

@@ -100,3 +100,31 @@ def test_delete_mid_run_cancels(server_factory: object, tmp_path: Path) -> None:
     outputs = [p for p in (srv.data_dir / "artifacts" / "outputs").iterdir()
                if p.suffix != ".json"]
     assert len(outputs) == 1, outputs
+
+
+def test_rate_limits_in_openai_shape(server_factory: object) -> None:
+    srv: ServerProcess = server_factory(env={  # type: ignore[operator]
+        "REELSERVE_API_KEYS": "key-a,key-b",
+        "REELSERVE_WORKERS": "0",
+        "REELSERVE_RATE_SUBMITS_PER_MINUTE": "1",
+    })
+
+    def create(key: str, **kw: object) -> httpx.Response:
+        return httpx.post(f"{srv.url}/v1/videos", headers={"Authorization": f"Bearer {key}"},
+                          timeout=60, **kw)  # type: ignore[arg-type]
+
+    form = {"prompt": "x y", "size": "720x720"}
+    reference = {"input_reference": ("r.png", make_png(400, 400), "image/png")}
+    assert create("key-a", data=form, files=reference).status_code == 200
+    uploads = srv.data_dir / "artifacts" / "uploads"
+    stored = sorted(uploads.iterdir())
+    assert stored  # the accepted submit kept its input_reference
+    resp = create("key-a", data=form, files=reference)
+    assert resp.status_code == 429, resp.text
+    error = resp.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "rate_limit_error", "rateLimitExceeded", None)
+    assert "per minute" in error["message"]
+    # Refused before the upload was read: no input_reference was stored.
+    assert sorted(uploads.iterdir()) == stored
+    assert create("key-b", json={"prompt": "x y", "size": "720x720"}).status_code == 200

@@ -1,4 +1,5 @@
-"""JobStore contract, delivery part: the outbox, output expiry and per-owner counts.
+"""JobStore contract, delivery part: the outbox (results, failures, status changes), output
+expiry and per-owner counts.
 
 Runs over every store in ``test_store_contract.STORES``.
 """
@@ -18,6 +19,7 @@ from reelserve.tasks import Delivery, GenerationSpec, Job, JobStatus, Result, Wo
 
 HOOK = "https://hooks.example/in"
 PUT = "https://bucket.example/put?sig=1"
+CALLBACK = "https://hooks.example/status"
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -32,6 +34,7 @@ def make_job(
     *,
     hook: str | None = HOOK,
     put: str | None = None,
+    status: str | None = None,
     ttl: int | None = None,
     seeds: int = 2,
 ) -> Job:
@@ -46,7 +49,7 @@ def make_job(
         duration=5.0,
         seeds=list(range(1, seeds + 1)),
         ttl=ttl,
-        delivery=Delivery(webhook_url=hook, upload_endpoint=put),
+        delivery=Delivery(webhook_url=hook, upload_endpoint=put, status_url=status),
     )
     return Job(id=str(uuid.uuid4()), task_uuid=task_uuid, owner=owner, spec=spec)
 
@@ -103,6 +106,69 @@ def test_cancel_of_a_queued_job_sends_its_failure(store: JobStore) -> None:
     store.request_cancel(job.id)
     [row] = store.deliveries(job.id)
     assert row.kind == "webhook" and row.result_index is None
+
+
+def status_rows(store: JobStore, job_id: str) -> list[str | None]:
+    return [r.event for r in store.deliveries(job_id) if r.kind == "status"]
+
+
+def test_each_status_change_gets_one_row(store: JobStore) -> None:
+    job = make_job(hook=None, status=CALLBACK)
+    store.create(job)
+    assert status_rows(store, job.id) == ["queued"]
+    claimed = store.claim("w1", 30)
+    assert claimed is not None and claimed.id == job.id
+    # A retry queues it again and a second claim runs it again: no second row for either.
+    store.fail(job.id, "w1", {"code": "x", "message": "m", "kind": "internal"}, retry=True)
+    assert store.claim("w2", 30) is not None
+    store.add_result(job.id, "w2", make_result(0))
+    assert store.finish(job.id, "w2")
+    rows = [r for r in store.deliveries(job.id) if r.kind == "status"]
+    assert [r.event for r in rows] == ["queued", "running", "succeeded"]
+    assert all(r.url == CALLBACK and r.result_index is None for r in rows)
+    assert rows[0].created_at <= rows[1].created_at <= rows[2].created_at
+    assert len(store.deliveries(job.id)) == 3  # no webhook or upload was asked for
+
+
+def test_status_rows_for_failure_and_cancel(store: JobStore) -> None:
+    failing = running(store, make_job(hook=None, status=CALLBACK))
+    store.fail(failing.id, "w1", {"code": "x", "message": "boom", "kind": "internal"})
+    assert status_rows(store, failing.id) == ["queued", "running", "failed"]
+    cancelled = make_job(hook=None, status=CALLBACK)
+    store.create(cancelled)
+    store.request_cancel(cancelled.id)
+    assert status_rows(store, cancelled.id) == ["queued", "cancelled"]
+    plain = running(store, make_job(hook=HOOK))
+    store.finish(plain.id, "w1")
+    assert status_rows(store, plain.id) == []  # no status URL, no status rows
+
+
+def test_status_rows_of_a_job_are_claimed_in_order(store: JobStore) -> None:
+    job = running(store, make_job(hook=None, status=CALLBACK))
+    store.finish(job.id, "w1")
+    other = make_job(hook=None, status=CALLBACK)
+    store.create(other)
+    # Only the first row of each job is due; the later ones wait for it.
+    first = store.claim_deliveries("d1", 30, 10)
+    assert sorted((r.job_id, r.event) for r in first) == sorted(
+        [(job.id, "queued"), (other.id, "queued")]
+    )
+    assert store.claim_deliveries("d2", 30, 10) == []  # in flight still blocks the next
+    mine = next(r for r in first if r.job_id == job.id)
+    retry = {"attempt": 1, "at": time.time(), "status": 503, "ms": 1, "error": "HTTP 503"}
+    assert store.record_delivery(mine.id, "d1", retry, state="pending", next_at=time.time() + 0.2)
+    assert store.claim_deliveries("d2", 30, 10) == []  # a retry not yet due still blocks
+    time.sleep(0.25)
+    [again] = store.claim_deliveries("d2", 30, 10)  # the retry goes before the next status
+    assert again.id == mine.id
+    gave_up = {"attempt": 2, "at": time.time(), "status": 503, "ms": 1, "error": "HTTP 503"}
+    assert store.record_delivery(mine.id, "d2", gave_up, state="failed")
+    [running_row] = store.claim_deliveries("d2", 30, 10)  # a given-up row unblocks the next
+    assert (running_row.job_id, running_row.event) == (job.id, "running")
+    ok = {"attempt": 1, "at": time.time(), "status": 200, "ms": 1}
+    store.record_delivery(running_row.id, "d2", ok, state="delivered")
+    [last] = store.claim_deliveries("d3", 30, 10)
+    assert (last.job_id, last.event) == (job.id, "succeeded")
 
 
 def test_claim_leases_and_record_releases(store: JobStore) -> None:

@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tiny_engine import TinyEngine
+from tiny_engine import ResidentSelector, TinyBatchEngine, TinyEngine
 
 from reelserve.api.runware.schema import parse_video_inference
 from reelserve.catalog.validate import validate
@@ -130,3 +130,53 @@ def test_results_recorded_before_a_crash_are_kept(env: tuple[Settings, SQLiteJob
     assert done is not None and done.status is JobStatus.SUCCEEDED
     assert engine.calls == [201]
     assert done.results[0].video_uuid == kept.video_uuid
+
+
+def test_jobs_for_the_loaded_model_are_claimed_first(env: tuple[Settings, SQLiteJobStore, LocalArtifactStore]) -> None:
+    settings, store, artifacts = env
+    a, b = "klingai:1@1", "klingai:1@2"
+    for model in (a, b, a):
+        submit(store, model=model)
+    selector = ResidentSelector()
+    worker = Worker(settings, store, artifacts, selector)
+    while worker.run_once():
+        pass
+    # Nothing loaded at first: arrival order; then the loaded model's later job overtakes.
+    assert selector.served == [a, a, b]
+    # With no wait allowed past arrival order, the preference never reorders anything.
+    for model in (a, b, a):
+        submit(store, model=model)
+    strict = Worker(settings.model_copy(update={"prefer_max_wait": 0.0}), store, artifacts, selector)
+    selector.served.clear()
+    while strict.run_once():
+        pass
+    assert selector.served == [a, b, a]
+
+
+def test_batch_engine_renders_missing_seeds_in_groups(env: tuple[Settings, SQLiteJobStore, LocalArtifactStore]) -> None:
+    settings, store, artifacts = env
+    engine = TinyBatchEngine(batch=2)
+    worker = Worker(settings, store, artifacts, lambda spec: engine)
+    job = submit(store, numberResults=3, seed=10)
+    assert worker.run_once()
+    done = store.get(job.id)
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+    assert [r.seed for r in done.results] == [10, 11, 12] and len({r.video_uuid for r in done.results}) == 3
+    # Two seeds in one call, the third alone (a group of one is a plain generate).
+    assert engine.batches == [[10, 11]] and engine.calls == [10, 11, 12]
+    # After a crash that kept result 0, only the missing seeds are rendered, together.
+    job2 = submit(store, numberResults=3, seed=20)
+    assert store.claim("w1", 30) is not None
+    kept = Result(index=0, video_uuid=str(uuid.uuid4()), seed=20, artifact_key="outputs/x",
+                  content_type="video/mp4", size_bytes=1, width=720, height=720, fps=30,
+                  num_frames=150, duration=5, cost=0.1848)
+    assert store.add_result(job2.id, "w1", kept)
+    store.fail(job2.id, "w1", {"code": "internalError", "message": "crash"}, retry=True)
+    engine.batches.clear()
+    engine.calls.clear()
+    assert worker.run_once()
+    done2 = store.get(job2.id)
+    assert done2 is not None and done2.status is JobStatus.SUCCEEDED
+    assert engine.batches == [[21, 22]] and engine.calls == [21, 22]
+    assert done2.results[0].video_uuid == kept.video_uuid
+    assert [r.seed for r in done2.results] == [20, 21, 22]

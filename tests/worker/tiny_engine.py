@@ -50,6 +50,42 @@ class TinyEngine:
         return Clip(frames=frames(), num_frames=n, width=spec.width, height=spec.height, fps=spec.fps)
 
 
+class TinyBatchEngine(TinyEngine):
+    """A :class:`~reelserve.engines.base.BatchEngine`: ``batches`` lists each group of seeds."""
+
+    def __init__(self, batch: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch = batch
+        self.batches: list[list[int]] = []
+
+    def batch_size(self, spec: GenerationSpec) -> int:
+        return self.batch
+
+    def generate_many(self, spec: GenerationSpec, inputs: ResolvedInputs, seeds: list[int],
+                      progress: Callable[[float], None], cancelled: Callable[[], bool]) -> list[Clip]:
+        self.batches.append(list(seeds))
+        progress(1.0)
+        return [self.generate(spec, inputs, seed, lambda f: None, cancelled) for seed in seeds]
+
+
+class ResidentSelector:
+    """A selector with residency, like the engine registry: the model of the job it last served
+    counts as loaded. ``served`` lists the models of the jobs in the order they were rendered."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.engine = engine or TinyEngine()
+        self.loaded: str | None = None
+        self.served: list[str] = []
+
+    def __call__(self, spec: GenerationSpec) -> Engine:
+        self.loaded = spec.model
+        self.served.append(spec.model)
+        return self.engine
+
+    def preferred_models(self) -> set[str]:
+        return {self.loaded} if self.loaded is not None else set()
+
+
 def engine_selector(settings: Any) -> Callable[[GenerationSpec], Engine]:
     """The selector factory named by REELSERVE_ENGINE_SELECTOR."""
     engine = TinyEngine()

@@ -1,8 +1,10 @@
 """Per-key limits: task submits per minute and tasks in flight.
 
-Both are checked when a generation task is submitted, before it is stored. A refusal is a
-:class:`~reelserve.errors.RateLimitError` with code ``rateLimitExceeded`` (kind RATE_LIMIT), which
-each dialect renders in its own error shape (Runware: an error item with the taskUUID).
+Both are checked when a generation task is submitted, before it is stored, in every dialect
+(Runware, 302-style, Kling, OpenAI-style). A refusal is a
+:class:`~reelserve.errors.RateLimitError` with code ``rateLimitExceeded`` (kind RATE_LIMIT; the
+in-flight one is the subclass :class:`~reelserve.errors.InFlightLimitError`), which each dialect
+renders in its own error shape (Runware: an error item with the taskUUID; Kling: 1302 / 1303).
 
 * Submits per minute (``REELSERVE_RATE_SUBMITS_PER_MINUTE``, default 120): a sliding 60 s window
   per key, kept in memory per server process (several servers each apply it).
@@ -21,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from reelserve.errors import RateLimitError
+from reelserve.errors import InFlightLimitError, RateLimitError
 
 if TYPE_CHECKING:
     from reelserve.jobs.store import JobStore
@@ -68,21 +70,23 @@ class RateLimiter:
             count_active=store.count_active,
         )
 
-    def check_submit(self, owner: str) -> None:
+    def check_submit(self, owner: str, *, parameter: str | None = "taskType") -> None:
         """Admit one submit by ``owner`` or raise ``rateLimitExceeded``.
 
         An admitted submit counts against the per-minute window at once (even if it is refused
-        later for another reason: a flood of bad requests costs us work too).
+        later for another reason: a flood of bad requests costs us work too). ``parameter`` is
+        the request field the refusal names: Runware's ``taskType``; dialects with no field to
+        blame pass None so their error mapping does not print a foreign field name.
         """
         if self.max_in_flight:
             active = self._count_active(owner)
             if active >= self.max_in_flight:
-                raise RateLimitError(
+                raise InFlightLimitError(
                     RATE_LIMIT_CODE,
                     f"this API key has {active} tasks queued or running; at most "
                     f"{self.max_in_flight} are allowed in flight (rate_max_in_flight). Wait for "
                     "some to finish, then submit again",
-                    parameter="taskType",
+                    parameter=parameter,
                 )
         if not self.submits_per_minute:
             return
@@ -98,7 +102,7 @@ class RateLimiter:
                     f"this API key sent {len(recent)} tasks in the last minute; at most "
                     f"{self.submits_per_minute} per minute are allowed "
                     f"(rate_submits_per_minute). Retry in {retry_in} s",
-                    parameter="taskType",
+                    parameter=parameter,
                 )
             recent.append(now)
             if len(self._recent) > 10_000:  # forget idle keys so memory stays bounded

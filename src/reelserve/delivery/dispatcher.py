@@ -1,10 +1,13 @@
-"""The delivery dispatcher: drains the job store's outbox (webhook POSTs and upload PUTs).
+"""The delivery dispatcher: drains the job store's outbox (webhook POSTs, upload PUTs and
+status-change POSTs).
 
 The outbox lives in the job store, so it is as durable as the jobs: the store adds a delivery row
 in the same transaction that records a result (one webhook and, with ``uploadEndpoint``, one
-upload per result) or ends a job with an error (one webhook). The dispatcher claims due rows with
-a lease (several processes may run one; a row is sent by one at a time), makes one attempt
-through the netguard and records the outcome:
+upload per result), ends a job with an error (one webhook), or — for a job whose
+``spec.delivery.status_url`` is set — changes its status (one ``status`` row per status the job
+enters: queued, running, then its terminal status; the job store sends one job's status rows in
+that order). The dispatcher claims due rows with a lease (several processes may run one; a row is
+sent by one at a time), makes one attempt through the netguard and records the outcome:
 
 * 2xx: ``delivered`` — never sent again;
 * refused URL (``invalidURL``/``blockedAddress``) or a missing output: ``failed`` at once;
@@ -16,8 +19,9 @@ A restart resumes pending rows where they were (their schedule is stored). A cra
 receiver answered 2xx but before the outcome was recorded sends once more: receivers that must
 not see duplicates drop repeats of the ``X-Reelserve-Delivery`` id.
 
-The dispatcher knows no wire dialect: the API layer registers one renderer per ``Job.origin``
-that turns a job and a result (or ``None`` for the job's failure) into the JSON body.
+The dispatcher knows no wire dialect: the API layer registers, per ``Job.origin``, a renderer
+that turns a job and a result (or ``None`` for the job's failure) into the webhook body, and a
+status renderer that turns a job and a :class:`StatusEvent` into the status POST body.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reelserve.delivery import upload, webhook
 from reelserve.delivery.webhook import Attempt
 from reelserve.media import netguard
+from reelserve.tasks import JobStatus
 
 if TYPE_CHECKING:
     from reelserve.delivery.storage import ArtifactStore
@@ -44,7 +50,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "PayloadRenderer", "check_targets", "describe"]
+__all__ = [
+    "Dispatcher",
+    "PayloadRenderer",
+    "StatusEvent",
+    "StatusRenderer",
+    "check_targets",
+    "describe",
+]
 
 PayloadRenderer = Callable[["Job", "Result | None"], "dict[str, Any] | None"]
 """``(job, result)`` -> webhook JSON body; ``result`` is None for the job's failure.
@@ -52,19 +65,46 @@ PayloadRenderer = Callable[["Job", "Result | None"], "dict[str, Any] | None"]
 Return None to send nothing for that event (the row is recorded as ``skipped``). Called from a
 dispatcher thread: it may block (read files for base64 output)."""
 
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A status change of a job, as the outbox row recorded it.
+
+    ``status`` is the status the job entered and ``at`` when (unix seconds). The job handed to a
+    status renderer beside it is the job *now*, which may have moved on (a retry of "running"
+    can go out after the job finished): render the job as it was at this event, not as it is.
+    """
+
+    status: JobStatus
+    at: float
+
+
+StatusRenderer = Callable[["Job", StatusEvent], "dict[str, Any] | None"]
+"""``(job, event)`` -> status POST JSON body; None to send nothing (recorded as ``skipped``).
+Called from a dispatcher thread."""
+
 WEBHOOK = "webhook"
 UPLOAD = "upload"
+STATUS = "status"
 PENDING, DELIVERED, FAILED, SKIPPED = "pending", "delivered", "failed", "skipped"
+_TYPES = {WEBHOOK: "webhookURL", UPLOAD: "uploadEndpoint", STATUS: "statusCallback"}
 
 
-def check_targets(delivery: Delivery, policy: netguard.OutboundPolicy) -> None:
-    """Refuse a task's ``webhookURL``/``uploadEndpoint`` at submit time when the URL itself is
-    refused (bad scheme, credentials, internal IP literal). Names are resolved only when the
-    delivery is sent (and refused then if they point inside); no DNS happens here."""
+def check_targets(
+    delivery: Delivery, policy: netguard.OutboundPolicy, *, status_parameter: str = "statusURL"
+) -> None:
+    """Refuse a task's ``webhookURL``/``uploadEndpoint``/status URL at submit time when the URL
+    itself is refused (bad scheme, credentials, internal IP literal). Names are resolved only
+    when the delivery is sent (and refused then if they point inside); no DNS happens here.
+
+    ``status_parameter`` is the wire field the dialect took ``delivery.status_url`` from (Kling:
+    ``callback_url``), so the refusal names what the client sent."""
     if delivery.webhook_url:
         netguard.check_url(delivery.webhook_url, policy=policy, parameter="webhookURL")
     if delivery.upload_endpoint:
         netguard.check_url(delivery.upload_endpoint, policy=policy, parameter="uploadEndpoint")
+    if delivery.status_url:
+        netguard.check_url(delivery.status_url, policy=policy, parameter=status_parameter)
 
 
 def describe(records: list[DeliveryRecord]) -> list[dict[str, Any]]:
@@ -72,12 +112,14 @@ def describe(records: list[DeliveryRecord]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for rec in records:
         item: dict[str, Any] = {
-            "type": "webhookURL" if rec.kind == WEBHOOK else "uploadEndpoint",
+            "type": _TYPES.get(rec.kind, rec.kind),
             "url": netguard.redact(rec.url),
             "resultIndex": rec.result_index,
             "state": rec.state,
             "attempts": rec.attempts,
         }
+        if rec.kind == STATUS:
+            item["event"] = rec.event
         if rec.state == PENDING and rec.attempts:
             item["nextAttemptAt"] = rec.next_at
         if rec.last_status is not None:
@@ -122,6 +164,7 @@ class Dispatcher:
         self.clock = clock
         self.worker_id = f"dispatcher-{id(self):x}-{random.getrandbits(32):08x}"
         self._renderers: dict[str, PayloadRenderer] = {}
+        self._status_renderers: dict[str, StatusRenderer] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,6 +176,10 @@ class Dispatcher:
     def register_renderer(self, origin: str, renderer: PayloadRenderer) -> None:
         """Use ``renderer`` for webhook bodies of jobs whose ``origin`` is ``origin``."""
         self._renderers[origin] = renderer
+
+    def register_status_renderer(self, origin: str, renderer: StatusRenderer) -> None:
+        """Use ``renderer`` for status-change POST bodies of jobs whose ``origin`` is ``origin``."""
+        self._status_renderers[origin] = renderer
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after ``attempts`` failed attempts (exponential, capped, jittered)."""
@@ -255,12 +302,20 @@ class Dispatcher:
             return upload.put(
                 rec.url, data, content_type=result.content_type, policy=self.policy
             ), False
-        renderer = self._renderers.get(job.origin)
-        if renderer is None:
-            return Attempt(
-                False, None, f"no webhook renderer for origin {job.origin!r}", 0, True
-            ), False
-        payload = renderer(job, result)
+        if rec.kind == STATUS:
+            status_renderer = self._status_renderers.get(job.origin)
+            if status_renderer is None or rec.event is None:
+                return Attempt(
+                    False, None, f"no status renderer for origin {job.origin!r}", 0, True
+                ), False
+            payload = status_renderer(job, StatusEvent(JobStatus(rec.event), rec.created_at))
+        else:
+            renderer = self._renderers.get(job.origin)
+            if renderer is None:
+                return Attempt(
+                    False, None, f"no webhook renderer for origin {job.origin!r}", 0, True
+                ), False
+            payload = renderer(job, result)
         if payload is None:
             return Attempt(True, None, None, 0), True
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

@@ -100,3 +100,32 @@ class Engine(Protocol):
         :class:`reelserve.errors.EngineError` for anything the engine cannot do.
         """
         ...
+
+
+@runtime_checkable
+class BatchEngine(Engine, Protocol):
+    """An engine that can render several seeds of one spec in a single pass (optional).
+
+    The worker checks for it with ``isinstance`` and hands it the missing seeds in groups of
+    :meth:`batch_size`, recording each group's results before rendering the next, so a crash
+    loses at most one group's work. Engines without it get one :meth:`Engine.generate` per seed.
+    """
+
+    def batch_size(self, spec: GenerationSpec) -> int:
+        """How many seeds of ``spec`` to render together (1 when batching does not pay)."""
+        ...
+
+    def generate_many(
+        self,
+        spec: GenerationSpec,
+        inputs: ResolvedInputs,
+        seeds: list[int],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[Clip]:
+        """Render one clip per seed, in the order of ``seeds``.
+
+        ``progress`` covers all of them together. Errors and cancellation as in
+        :meth:`Engine.generate`.
+        """
+        ...

@@ -1,8 +1,10 @@
 """Which engine renders a spec: the diffusers engine where a profile maps it, else preview.
 
 The worker builds one :class:`EngineRegistry` per process with :meth:`EngineRegistry.from_settings`
-and asks :meth:`EngineRegistry.select` for every job. Profiles are loaded and checked at
-construction, so a bad profile stops the server at start instead of failing jobs later.
+and uses it as its engine selector: calling the registry is :meth:`EngineRegistry.select`, and
+:meth:`EngineRegistry.preferred_models` tells the worker which jobs to claim first. Profiles are
+loaded and checked at construction, so a bad profile stops the server at start instead of failing
+jobs later.
 
 Nothing here imports torch or diffusers: the diffusers engine imports them lazily when it first
 builds a pipeline, and its module is only imported when a profile file is configured.
@@ -98,6 +100,10 @@ class EngineRegistry:
             allowed_values=served,
             kind=ErrorKind.UNAVAILABLE,
         )
+
+    def __call__(self, spec: GenerationSpec) -> Engine:
+        """Same as :meth:`select`: the registry is the worker's engine selector."""
+        return self.select(spec)
 
     def preferred_models(self) -> set[str]:
         """Model ids whose pipelines are loaded now; the worker prefers claiming jobs for these."""

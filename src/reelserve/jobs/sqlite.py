@@ -6,7 +6,8 @@ processes (a separate ``reelserve worker`` process shares the file), and a busy 
 writers queue instead of failing.
 
 Schema changes go into :data:`MIGRATIONS` (append only); ``PRAGMA user_version`` records how many
-have run. Later features (the webhook outbox) add their tables there.
+have run. Later features add their tables and columns there (the delivery outbox, its
+status-change rows).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX results_live ON results (expired_at, created_at);
     CREATE INDEX jobs_owner_status ON jobs (owner, status);
     """,
+    # 3: the model id in its own indexed column, so a claim can prefer jobs for loaded models
+    # without parsing every queued spec (backfilled from the stored spec JSON)
+    """
+    ALTER TABLE jobs ADD COLUMN model TEXT;
+    UPDATE jobs SET model = json_extract(spec, '$.model');
+    CREATE INDEX jobs_model_runnable ON jobs (model, status, created_at);
+    """,
+    # 4: status-change deliveries (kind 'status'): the JobStatus value the row reports
+    """
+    ALTER TABLE deliveries ADD COLUMN event TEXT;
+    """,
 ]
+
+# A claimable job: queued, or running under a lease that expired (its worker died).
+_RUNNABLE = "(status = ? OR (status = ? AND lease_expires < ?))"
 
 _JOB_COLUMNS = (
     "id, owner, task_uuid, origin, origin_data, request, spec, status, progress, attempts, "
@@ -247,8 +262,8 @@ class SQLiteJobStore:
             with self._write() as conn:
                 conn.execute(
                     "INSERT INTO jobs (id, owner, task_uuid, origin, origin_data, request, spec, "
-                    "status, progress, attempts, cancel_requested, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?)",
+                    "model, status, progress, attempts, cancel_requested, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?)",
                     (
                         job.id,
                         job.owner,
@@ -257,11 +272,13 @@ class SQLiteJobStore:
                         json.dumps(job.origin_data),
                         json.dumps(job.request),
                         job.spec.model_dump_json(),
+                        job.spec.model,
                         JobStatus.QUEUED.value,
                         now,
                         now,
                     ),
                 )
+                _enqueue_status(conn, job.id, JobStatus.QUEUED, now)
         except sqlite3.IntegrityError as exc:
             raise ConflictError(
                 "conflictTaskUUID",
@@ -274,18 +291,22 @@ class SQLiteJobStore:
         assert created is not None
         return created
 
-    def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job, or None."""
+    def claim(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        *,
+        prefer_models: Collection[str] = (),
+        prefer_max_wait: float = 30.0,
+    ) -> Job | None:
+        """Take the next runnable job (see :meth:`JobStore.claim` for the order), or None."""
         lost: list[str] = []
         claimed: str | None = None
+        prefer = sorted(set(prefer_models))
         with self._write() as conn:
             now = time.time()
             while True:
-                row = conn.execute(
-                    "SELECT id, status, attempts, cancel_requested FROM jobs WHERE status = ? "
-                    "OR (status = ? AND lease_expires < ?) ORDER BY created_at LIMIT 1",
-                    (JobStatus.QUEUED.value, JobStatus.RUNNING.value, now),
-                ).fetchone()
+                row = self._next_runnable(conn, now, prefer, now - prefer_max_wait)
                 if row is None:
                     break
                 if row["status"] == JobStatus.RUNNING.value and row["cancel_requested"]:
@@ -296,6 +317,7 @@ class SQLiteJobStore:
                         (JobStatus.CANCELLED.value, now, row["id"]),
                     )
                     _enqueue_deliveries(conn, row["id"], None, now)
+                    _enqueue_status(conn, row["id"], JobStatus.CANCELLED, now)
                     lost.append(row["id"])
                     continue
                 if row["status"] == JobStatus.RUNNING.value and row["attempts"] >= self.max_attempts:
@@ -312,6 +334,7 @@ class SQLiteJobStore:
                         (JobStatus.FAILED.value, json.dumps(error), now, row["id"]),
                     )
                     _enqueue_deliveries(conn, row["id"], None, now)
+                    _enqueue_status(conn, row["id"], JobStatus.FAILED, now)
                     lost.append(row["id"])
                     continue
                 conn.execute(
@@ -319,6 +342,8 @@ class SQLiteJobStore:
                     "lease_expires = ?, updated_at = ? WHERE id = ?",
                     (JobStatus.RUNNING.value, worker_id, now + lease_seconds, now, row["id"]),
                 )
+                # A re-claim after a lost worker adds nothing: the receiver heard "running".
+                _enqueue_status(conn, row["id"], JobStatus.RUNNING, now)
                 claimed = row["id"]
                 break
         for job_id in lost:
@@ -327,6 +352,30 @@ class SQLiteJobStore:
             return None
         self._notify(claimed)
         return self.get(claimed)
+
+    def _next_runnable(
+        self, conn: sqlite3.Connection, now: float, prefer: list[str], cutoff: float
+    ) -> sqlite3.Row | None:
+        """The job a claim takes next: the oldest runnable one, unless it is younger than
+        ``cutoff`` and a job for a ``prefer`` model is runnable, which then goes first."""
+        columns = "SELECT id, model, status, attempts, cancel_requested, created_at FROM jobs"
+        args = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, now)
+        oldest: sqlite3.Row | None = conn.execute(
+            f"{columns} WHERE {_RUNNABLE} ORDER BY created_at LIMIT 1", args
+        ).fetchone()
+        if oldest is None or not prefer or oldest["model"] in prefer:
+            return oldest
+        if oldest["created_at"] <= cutoff:  # waited long enough: no more overtaking
+            return oldest
+        marks = ", ".join("?" * len(prefer))
+        # "status IN" lets the index seek (model, status) pairs instead of scanning every job
+        # the model ever had; the second condition then keeps running jobs with expired leases.
+        preferred: sqlite3.Row | None = conn.execute(
+            f"{columns} WHERE model IN ({marks}) AND status IN (?, ?) AND {_RUNNABLE} "
+            "ORDER BY created_at LIMIT 1",
+            (*prefer, JobStatus.QUEUED.value, JobStatus.RUNNING.value, *args),
+        ).fetchone()
+        return preferred if preferred is not None else oldest
 
     def _owns(self, conn: sqlite3.Connection, job_id: str, worker_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = conn.execute(
@@ -380,11 +429,13 @@ class SQLiteJobStore:
         with self._write() as conn:
             if self._owns(conn, job_id, worker_id) is None:
                 return False
+            now = time.time()
             conn.execute(
                 "UPDATE jobs SET status = ?, progress = 100, cost = ?, lease_owner = NULL, "
                 "lease_expires = NULL, updated_at = ? WHERE id = ?",
-                (JobStatus.SUCCEEDED.value, cost, time.time(), job_id),
+                (JobStatus.SUCCEEDED.value, cost, now, job_id),
             )
+            _enqueue_status(conn, job_id, JobStatus.SUCCEEDED, now)
         self._notify(job_id)
         return True
 
@@ -411,6 +462,7 @@ class SQLiteJobStore:
             )
             if status is not JobStatus.QUEUED:
                 _enqueue_deliveries(conn, job_id, None, now)
+                _enqueue_status(conn, job_id, status, now)
         self._notify(job_id)
         return self.get(job_id)
 
@@ -431,6 +483,7 @@ class SQLiteJobStore:
                     (JobStatus.CANCELLED.value, json.dumps(error), now, job_id),
                 )
                 _enqueue_deliveries(conn, job_id, None, now)
+                _enqueue_status(conn, job_id, JobStatus.CANCELLED, now)
             elif status is JobStatus.RUNNING:
                 conn.execute(
                     "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
@@ -466,14 +519,19 @@ class SQLiteJobStore:
     def claim_deliveries(
         self, worker_id: str, lease_seconds: float, limit: int = 16
     ) -> list[DeliveryRecord]:
-        """Lease up to ``limit`` pending deliveries that are due."""
+        """Lease up to ``limit`` pending deliveries that are due (status rows of a job in order)."""
         with self._write() as conn:
             now = time.time()
+            # A status row waits while an earlier one of its job (smaller rowid: rows are only
+            # appended) is pending, so a receiver never hears "succeed" before "processing".
             ids = [
                 r["id"]
                 for r in conn.execute(
-                    "SELECT id FROM deliveries WHERE state = 'pending' AND next_at <= ? AND "
-                    "(lease_expires IS NULL OR lease_expires < ?) ORDER BY next_at LIMIT ?",
+                    "SELECT id FROM deliveries d WHERE state = 'pending' AND next_at <= ? AND "
+                    "(lease_expires IS NULL OR lease_expires < ?) AND NOT (kind = 'status' AND "
+                    "EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id AND "
+                    "e.kind = 'status' AND e.state = 'pending' AND e.rowid < d.rowid)) "
+                    "ORDER BY next_at LIMIT ?",
                     (now, now, limit),
                 )
             ]
@@ -586,6 +644,26 @@ def _enqueue_deliveries(
         )
 
 
+def _enqueue_status(conn: sqlite3.Connection, job_id: str, status: JobStatus, now: float) -> None:
+    """Add the status-change row of a job that asks for one (``spec.delivery.status_url``).
+
+    Runs inside the caller's transaction, so the change and its delivery commit together. The id
+    ``job:status:<status>`` makes a repeat (a job claimed again after its worker died, a retry
+    that queues it again) a no-op: a receiver hears each status of a job once.
+    """
+    row = conn.execute(
+        "SELECT json_extract(spec, '$.delivery.status_url') AS url FROM jobs WHERE id = ?",
+        (job_id,),
+    ).fetchone()
+    if row is None or not row["url"]:
+        return
+    conn.execute(
+        "INSERT OR IGNORE INTO deliveries (id, job_id, kind, url, event, next_at, created_at, "
+        "updated_at) VALUES (?, ?, 'status', ?, ?, ?, ?, ?)",
+        (f"{job_id}:status:{status.value}", job_id, row["url"], status.value, now, now, now),
+    )
+
+
 def _delivery(row: sqlite3.Row) -> DeliveryRecord:
     return DeliveryRecord(
         id=row["id"],
@@ -601,4 +679,5 @@ def _delivery(row: sqlite3.Row) -> DeliveryRecord:
         last_status=row["last_status"],
         last_error=row["last_error"],
         history=tuple(json.loads(row["history"])),
+        event=row["event"],
     )

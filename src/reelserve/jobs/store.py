@@ -15,7 +15,7 @@ implementation must pass the contract suite in ``tests/jobs/``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -42,10 +42,12 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class DeliveryRecord:
-    """One outbox row: a webhook POST or an upload PUT of a job, and its attempts so far.
+    """One outbox row: a webhook POST, an upload PUT or a status POST of a job, and its attempts.
 
-    ``result_index`` is None for the job's failure webhook. ``state`` is ``pending``,
-    ``delivered``, ``failed`` or ``skipped``; ``history`` holds the last attempts
+    ``kind`` is ``webhook`` (``result_index`` is None for the job's failure webhook), ``upload``
+    or ``status`` (a status change; ``event`` is the :class:`~reelserve.tasks.JobStatus` value
+    the job entered, and ``created_at`` when). ``state`` is ``pending``, ``delivered``,
+    ``failed`` or ``skipped``; ``history`` holds the last attempts
     (``{"attempt", "at", "status", "ms", "error"?}``). See :mod:`reelserve.delivery.dispatcher`.
     """
 
@@ -62,6 +64,7 @@ class DeliveryRecord:
     last_status: int | None = None
     last_error: str | None = None
     history: tuple[dict[str, Any], ...] = ()
+    event: str | None = None
 
 
 @runtime_checkable
@@ -106,11 +109,26 @@ class JobStore(Protocol):
         """
         ...
 
-    def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job (queued, or running with an expired lease).
+    def claim(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        *,
+        prefer_models: Collection[str] = (),
+        prefer_max_wait: float = 30.0,
+    ) -> Job | None:
+        """Take a runnable job (queued, or running with an expired lease), oldest first.
 
         Increments ``attempts`` and sets status running. A job whose lease expired after
         ``max_attempts`` claims is failed (``workerLost``) instead of being returned.
+
+        ``prefer_models`` (the models whose weights the worker has loaded) only reorders the
+        runnable jobs: the oldest job whose ``spec.model`` is in it is taken before older jobs
+        for other models, which saves a pipeline swap. It never leaves a job unclaimed while a
+        worker asks: with no preferred job runnable, the oldest job is taken. To bound how long
+        another model's job can be passed over, the oldest runnable job is taken regardless of
+        preference once it was created more than ``prefer_max_wait`` seconds ago (0 gives strict
+        arrival order).
         """
         ...
 
@@ -148,13 +166,19 @@ class JobStore(Protocol):
         """Atomically return the results not handed out yet and mark them delivered."""
         ...
 
-    # Delivery outbox (rows are added by add_result / fail / cancel in the same transaction,
-    # for jobs with a webhook URL or upload endpoint).
+    # Delivery outbox. Rows are added in the same transaction as the change they report:
+    # add_result / fail / cancel for jobs with a webhook URL or upload endpoint, and every status
+    # change (create: queued, claim: running, finish / fail / cancel: terminal) for jobs with a
+    # ``spec.delivery.status_url``, at most one row per job and status.
 
     def claim_deliveries(
         self, worker_id: str, lease_seconds: float, limit: int = 16
     ) -> list[DeliveryRecord]:
-        """Lease up to ``limit`` pending deliveries whose next attempt is due."""
+        """Lease up to ``limit`` pending deliveries whose next attempt is due.
+
+        Status rows of one job go out in the order they were added: one is not claimed while an
+        earlier status row of the same job is still pending (or being sent).
+        """
         ...
 
     def record_delivery(

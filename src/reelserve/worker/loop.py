@@ -7,7 +7,13 @@ never runs on an asyncio event loop.
 Crash safety: every step that matters is recorded in the job store before the next begins. A
 result is recorded as soon as its file is stored, so a job restarted after a crash (its lease
 expired and another worker claimed it) renders only the results still missing. A worker that
-loses its lease stops without writing anything more.
+loses its lease stops without writing anything more. Engines that batch (:class:`BatchEngine`)
+render the missing seeds in groups, and each group's results are recorded before the next group
+starts, so a crash costs at most one group.
+
+Claim order: a selector that knows which models are loaded (:class:`PreferringSelector`, like the
+engine registry) makes the worker claim jobs for those models first, within the store's bound on
+how long another model's job may be passed over (``settings.prefer_max_wait``).
 """
 
 from __future__ import annotations
@@ -18,23 +24,41 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from reelserve.delivery.storage import OUTPUTS, UPLOADS, ArtifactStore
-from reelserve.errors import CancelledError, ErrorKind, ReelserveError
+from reelserve.engines.base import BatchEngine
+from reelserve.errors import CancelledError, EngineError, ErrorKind, ReelserveError
 from reelserve.tasks import GenerationSpec, Job, Result
 
 if TYPE_CHECKING:
-    from reelserve.engines.base import Engine, ResolvedInputs
+    from reelserve.engines.base import Clip, Engine, ResolvedInputs
     from reelserve.jobs.store import JobStore
     from reelserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EngineSelector = Callable[[GenerationSpec], "Engine"]
-"""Picks the engine that renders a spec (the engine registry's ``select``)."""
+"""Picks the engine that renders a spec (by default the engine registry, which is callable)."""
+
+
+@runtime_checkable
+class PreferringSelector(Protocol):
+    """An engine selector that also names the models it has loaded now (the engine registry).
+
+    The worker passes them to :meth:`JobStore.claim` so jobs it can start without loading
+    other weights go first. Plain callables are selectors too; they just express no preference.
+    """
+
+    def __call__(self, spec: GenerationSpec) -> Engine:
+        """The engine that renders ``spec``."""
+        ...
+
+    def preferred_models(self) -> Collection[str]:
+        """Model ids whose jobs this process renders cheapest now (weights resident)."""
+        ...
 
 
 class _LeaseLost(Exception):
@@ -57,7 +81,7 @@ def default_engine_selector(settings: Settings) -> EngineSelector:
 
         preview = PreviewEngine()
         return lambda spec: preview
-    return EngineRegistry.from_settings(settings).select
+    return EngineRegistry.from_settings(settings)
 
 
 def error_dict(exc: ReelserveError) -> dict[str, Any]:
@@ -112,10 +136,11 @@ class _JobRun:
         """Engines and the encoder poll this between frames."""
         return self.cancelled.is_set() or self.lost.is_set()
 
-    def set_progress(self, index: int, fraction: float) -> None:
-        """Progress of result ``index`` as a fraction; stored as 0-99 overall until finished."""
+    def set_progress(self, finished: int, fraction: float, span: int = 1) -> None:
+        """``finished`` results are recorded and the next ``span`` are ``fraction`` done;
+        stored as 0-99 overall until the job finishes (never going back)."""
         n = max(1, self.job.spec.number_results)
-        overall = (index + max(0.0, min(1.0, fraction))) / n * 100.0
+        overall = (finished + span * max(0.0, min(1.0, fraction))) / n * 100.0
         self.progress = max(self.progress, min(99.0, overall))
 
 
@@ -176,11 +201,26 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim one job and run it to its end; False when there was nothing to claim."""
-        job = self.store.claim(self.worker_id, self.settings.lease_seconds)
+        job = self.store.claim(
+            self.worker_id, self.settings.lease_seconds,
+            prefer_models=self.preferred_models(),
+            prefer_max_wait=self.settings.prefer_max_wait,
+        )
         if job is None:
             return False
         self.process(job)
         return True
+
+    def preferred_models(self) -> Collection[str]:
+        """Models to claim jobs for first: those the selector has loaded, if it can tell.
+
+        A selector not built yet has loaded nothing, so this never builds it (building loads the
+        profiles, which belongs to the first job, not to every idle poll).
+        """
+        selector = self._select_engine
+        if isinstance(selector, PreferringSelector):
+            return selector.preferred_models()
+        return ()
 
     # ------------------------------------------------------------------ one job
 
@@ -272,8 +312,6 @@ class Worker:
 
     def _render(self, run: _JobRun, workdir: Path) -> None:
         from reelserve.catalog.pricing import price
-        from reelserve.media.encode import content_type_for, encode_clip, extension_for
-        from reelserve.media.probe import probe
 
         job = run.job
         spec, inputs = self._resolve(job, workdir)
@@ -281,60 +319,110 @@ class Worker:
         cost_each = price(spec)
         done = {r.index for r in job.results}
         engine = self.select_engine(spec)
-        ext = extension_for(spec.output_format).lstrip(".")
-        for index, seed in enumerate(spec.seeds):
-            if index in done:  # recorded before a crash: keep it
-                run.set_progress(index, 1.0)
-                continue
+        # Results recorded before a crash are kept and never rendered again.
+        missing = [(index, seed) for index, seed in enumerate(spec.seeds) if index not in done]
+        run.set_progress(len(done), 0.0)
+        size = max(1, engine.batch_size(spec)) if isinstance(engine, BatchEngine) else 1
+        for start in range(0, len(missing), size):
+            group = missing[start : start + size]
+            finished = len(done) + start
             self._check(run)
-            fraction = [0.0, 0.0]
-
-            def on_engine(f: float, _i: int = index, _fr: list[float] = fraction) -> None:
-                _fr[0] = f
-                run.set_progress(_i, max(_fr) * 0.98)
-
-            def on_encode(f: float, _i: int = index, _fr: list[float] = fraction) -> None:
-                _fr[1] = f
-                run.set_progress(_i, max(_fr) * 0.98)
-
-            clip = engine.generate(spec, inputs, seed, on_engine, run.is_cancelled)
-            out = workdir / f"result-{index}.{ext}"
-            encode_clip(
-                clip, out, output_format=spec.output_format, quality=spec.output_quality,
-                prores_mov=self.settings.prores_mov, progress=on_encode,
-                cancelled=run.is_cancelled,
-            )
-            self._check(run)
-            video_uuid = str(uuid.uuid4())
-            content_type = content_type_for(spec.output_format)
-            info = self.artifacts.put_file(
-                f"{OUTPUTS}/{video_uuid}", out, content_type=content_type, owner=job.owner,
-                extension=ext, move=True,
-            )
-            facts = probe(info_path) if (info_path := self.artifacts.local_path(info.key)) else None
-            result = Result(
-                index=index,
-                video_uuid=video_uuid,
-                seed=seed,
-                artifact_key=info.key,
-                content_type=content_type,
-                size_bytes=info.size,
-                width=facts.width if facts else clip.width,
-                height=facts.height if facts else clip.height,
-                fps=facts.fps if facts else float(clip.fps),
-                num_frames=facts.num_frames if facts else clip.num_frames,
-                duration=facts.duration if facts else clip.num_frames / clip.fps,
-                has_audio=facts.has_audio if facts else clip.audio is not None,
-                cost=cost_each,
-            )
-            if not self.store.add_result(job.id, self.worker_id, result):
-                raise _LeaseLost
-            run.set_progress(index, 1.0)
+            clips = self._generate(run, engine, spec, inputs, group, finished)
+            # Each result is encoded, stored and recorded before the next one is encoded.
+            for offset, ((index, seed), clip) in enumerate(zip(group, clips, strict=True)):
+                self._record(run, spec, clip, index, seed, cost_each, workdir, finished + offset)
         total = round(cost_each * len(spec.seeds), 6)
         if not self.store.finish(job.id, self.worker_id, cost=total):
             raise _LeaseLost
         log.info("job %s finished (%d results) in attempt %d", job.id, len(spec.seeds),
                  job.attempts)
+
+    def _generate(
+        self,
+        run: _JobRun,
+        engine: Engine,
+        spec: GenerationSpec,
+        inputs: ResolvedInputs,
+        group: list[tuple[int, int]],
+        finished: int,
+    ) -> list[Clip]:
+        """Clips for the ``(index, seed)`` pairs of ``group``: one call when the engine batches.
+
+        ``finished`` results are recorded already (for progress).
+        """
+
+        def on_engine(fraction: float) -> None:
+            run.set_progress(finished, fraction * 0.98, span=len(group))
+
+        if len(group) > 1 and isinstance(engine, BatchEngine):
+            clips = engine.generate_many(
+                spec, inputs, [seed for _, seed in group], on_engine, run.is_cancelled
+            )
+            if len(clips) != len(group):
+                raise EngineError(
+                    "engineFailed",
+                    f"engine {engine.name!r} returned {len(clips)} clips for {len(group)} seeds",
+                )
+            return clips
+        # Groups of several come from batch engines only; this is the one-seed path.
+        return [engine.generate(spec, inputs, seed, on_engine, run.is_cancelled) for _, seed in group]
+
+    def _record(
+        self,
+        run: _JobRun,
+        spec: GenerationSpec,
+        clip: Clip,
+        index: int,
+        seed: int,
+        cost: float,
+        workdir: Path,
+        finished: int,
+    ) -> None:
+        """Encode ``clip``, store the file and record it as result ``index`` of the job.
+
+        ``finished`` results are recorded already (for progress).
+        """
+        from reelserve.media.encode import content_type_for, encode_clip, extension_for
+        from reelserve.media.probe import probe
+
+        job = run.job
+        ext = extension_for(spec.output_format).lstrip(".")
+
+        def on_encode(fraction: float) -> None:
+            # Lazy engines render while the encoder pulls frames: encoding is their progress.
+            run.set_progress(finished, fraction * 0.98)
+
+        out = workdir / f"result-{index}.{ext}"
+        encode_clip(
+            clip, out, output_format=spec.output_format, quality=spec.output_quality,
+            prores_mov=self.settings.prores_mov, progress=on_encode, cancelled=run.is_cancelled,
+        )
+        self._check(run)
+        video_uuid = str(uuid.uuid4())
+        content_type = content_type_for(spec.output_format)
+        info = self.artifacts.put_file(
+            f"{OUTPUTS}/{video_uuid}", out, content_type=content_type, owner=job.owner,
+            extension=ext, move=True,
+        )
+        facts = probe(info_path) if (info_path := self.artifacts.local_path(info.key)) else None
+        result = Result(
+            index=index,
+            video_uuid=video_uuid,
+            seed=seed,
+            artifact_key=info.key,
+            content_type=content_type,
+            size_bytes=info.size,
+            width=facts.width if facts else clip.width,
+            height=facts.height if facts else clip.height,
+            fps=facts.fps if facts else float(clip.fps),
+            num_frames=facts.num_frames if facts else clip.num_frames,
+            duration=facts.duration if facts else clip.num_frames / clip.fps,
+            has_audio=facts.has_audio if facts else clip.audio is not None,
+            cost=cost,
+        )
+        if not self.store.add_result(job.id, self.worker_id, result):
+            raise _LeaseLost
+        run.set_progress(finished, 1.0)
 
 
 def run_standalone(settings: Settings, stop: threading.Event | None = None) -> None:

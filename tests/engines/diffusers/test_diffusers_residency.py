@@ -34,9 +34,9 @@ def test_estimate_too_low_is_corrected_after_load() -> None:
 
 def test_pinned_entries_survive_and_an_oversized_one_loads_alone() -> None:
     cache, _ = _cache(100)
-    with cache.use("a", lambda: 60):
-        with cache.use("b", lambda: 60):  # "a" is in use: over budget rather than pulled away
-            assert cache.keys() == ["a", "b"]
+    # "a" is in use while "b" loads: over budget rather than pulled away
+    with cache.use("a", lambda: 60), cache.use("b", lambda: 60):
+        assert cache.keys() == ["a", "b"]
     with cache.use("big", lambda: 500, estimate=500):
         assert cache.keys() == ["big"]
     assert cache.evict("big") and cache.keys() == []

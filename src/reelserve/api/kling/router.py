@@ -2,18 +2,16 @@
 
 Routes use the literal kind segments, so they never overlap the OpenAI-style ``/v1/videos/{id}``
 routes (whose ids exclude those two words; see :mod:`reelserve.api.openai.router`).
-Parsing, auth and rendering live in :mod:`reelserve.api.kling.schema`; status-change callbacks in
-:class:`KlingCallbacks`.
+Parsing, auth and rendering live in :mod:`reelserve.api.kling.schema`. ``callback_url`` becomes the
+job's ``spec.delivery.status_url``: the job store adds a delivery row on each status change and
+the delivery dispatcher POSTs the task object rendered by :meth:`KlingService.render_event`
+(persisted, retried, resumed after a restart; see docs/delivery.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -33,8 +31,7 @@ from reelserve.tasks import Job, Result
 
 if TYPE_CHECKING:
     from reelserve.api.app import Services
-
-log = logging.getLogger(__name__)
+    from reelserve.delivery.dispatcher import StatusEvent
 
 MAX_PAGE_SIZE = 500
 MAX_PAGE_NUM = 1000
@@ -70,8 +67,10 @@ class KlingService:
         return owner_for_key(schema.verify_jwt(header, self.keys))
 
     def submit(self, kind: str, body: dict[str, Any], owner: str) -> Job:
-        """Map, validate and create the job (idempotent on ``external_task_id``)."""
+        """Map, validate, check the callback and the per-key limits, and create the job
+        (idempotent on ``external_task_id``)."""
         from reelserve.catalog.validate import validate
+        from reelserve.delivery.dispatcher import check_targets
         from reelserve.media import netguard
 
         data = schema.origin_data(kind, body)
@@ -80,9 +79,16 @@ class KlingService:
         request = schema.to_request(kind, body, task_uuid=task_uuid)
         spec = validate(request)
         if data["callback_url"]:
-            policy = netguard.OutboundPolicy.from_settings(self.services.settings)
-            data["callback_url"] = netguard.check_url(data["callback_url"], policy=policy,
-                                                      parameter="callback_url")
+            # The callback rides the delivery outbox as the job's status URL; an internal or
+            # malformed URL is refused now (names pointing inside are refused when sent).
+            spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(
+                update={"status_url": data["callback_url"]})})
+            policy = (self.services.extra.get("outbound_policy")
+                      or netguard.OutboundPolicy.from_settings(self.services.settings))
+            check_targets(spec.delivery, policy, status_parameter="callback_url")
+        limiter = self.services.extra.get("ratelimiter")
+        if limiter is not None:  # per-key limits (api/ratelimit.py): 1302 / 1303
+            limiter.check_submit(owner, parameter=None)
         recorded = {k: v for k, v in body.items() if k not in ("image", "image_tail")}
         job = Job(id=schema.new_task_id(), task_uuid=task_uuid, owner=owner,
                   origin=origin_for(kind), origin_data=data, request=recorded, spec=spec)
@@ -124,78 +130,10 @@ class KlingService:
         """The task object of ``job``."""
         return schema.render_task(job, schema.Links(video=lambda r: self.video_url(job, r)))
 
-
-class KlingCallbacks:
-    """POSTs the task object to ``callback_url`` each time a Kling task changes status.
-
-    Fed by the job store's in-process change notifications (worker threads of this server);
-    one sender thread keeps the order of one task's callbacks. Each POST goes through the
-    netguard (:func:`reelserve.delivery.webhook.post`, signed like webhooks when
-    ``REELSERVE_WEBHOOK_SECRET`` is set) and is retried :data:`RETRIES` times with backoff.
-    Intermediate states a task passed before the sender looked are not replayed: the receiver
-    always gets the latest status, and every terminal status.
-    """
-
-    RETRIES = 3
-    BACKOFF = 0.5
-    REMEMBER = 10000
-    """How many tasks' last sent status are remembered (so a status is never sent twice)."""
-
-    def __init__(self, services: Services, service: KlingService) -> None:
-        self.services = services
-        self.service = service
-        self._sent: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kling-callback")
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        """Subscribe to job changes."""
-        self.services.store.subscribe(self._on_change)
-
-    def _on_change(self, job_id: str) -> None:
-        # Called from the writing thread: hand off at once, never block a worker.
-        if not self._stop.is_set():
-            with contextlib.suppress(RuntimeError):  # interpreter shutting down
-                self._pool.submit(self._check, job_id)
-
-    def _check(self, job_id: str) -> None:
-        try:
-            job = self.services.store.get(job_id)
-            if job is None or not job.origin.startswith(schema.ORIGIN + "."):
-                return
-            url = job.origin_data.get("callback_url")
-            if not url:
-                return
-            status = schema.task_status(job)
-            with self._lock:
-                if self._sent.get(job_id) == status:
-                    return
-                self._sent[job_id] = status
-                while len(self._sent) > self.REMEMBER:  # oldest first (insertion order)
-                    del self._sent[next(iter(self._sent))]
-            self._send(job, url, status)
-        except Exception:  # a callback must never take the sender thread down
-            log.exception("kling callback for %s failed", job_id)
-
-    def _send(self, job: Job, url: str, status: str) -> None:
-        from reelserve.delivery import webhook
-        from reelserve.media import netguard
-
-        body = json.dumps(self.service.render(job)).encode()
-        policy = netguard.OutboundPolicy.from_settings(self.services.settings)
-        for attempt in range(1, self.RETRIES + 1):
-            outcome = webhook.post(url, body, policy=policy,
-                                   secret=self.services.settings.webhook_secret,
-                                   delivery_id=f"{job.id}:{status}", attempt=attempt)
-            if outcome.ok or outcome.permanent:
-                if not outcome.ok:
-                    log.warning("kling callback %s refused: %s", job.id, outcome.error)
-                return
-            if self._stop.wait(self.BACKOFF * 2 ** (attempt - 1)):
-                return
-        log.warning("kling callback for %s (%s) gave up after %d attempts", job.id, status,
-                    self.RETRIES)
+    def render_event(self, job: Job, event: StatusEvent) -> dict[str, Any]:
+        """The callback body of a status change: the task object as it was at ``event``."""
+        return schema.render_task_at(job, event.status, event.at,
+                                     schema.Links(video=lambda r: self.video_url(job, r)))
 
 
 def _page_arg(request: Request, name: str, default: int, maximum: int) -> int:
@@ -212,9 +150,10 @@ def kling_router(services: Services) -> APIRouter:
     """Kling's own routes: create, query (by task_id or external_task_id) and list, per kind."""
     router = APIRouter(tags=["Kling"])
     service = KlingService(services)
-    callbacks = KlingCallbacks(services, service)
-    callbacks.start()
-    services.extra["kling_callbacks"] = callbacks
+    dispatcher = services.extra.get("dispatcher")
+    if dispatcher is not None:  # callback_url bodies (the outbox sends them, any process)
+        for kind in schema.KINDS:
+            dispatcher.register_status_renderer(origin_for(kind), service.render_event)
 
     def reply(data: Any, request_id: str) -> JSONResponse:
         return JSONResponse(schema.envelope(data, request_id))

@@ -20,7 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reelserve.errors import AuthError, ErrorKind, ReelserveError, ValidationError
+from reelserve.errors import (
+    AuthError,
+    ErrorKind,
+    InFlightLimitError,
+    ReelserveError,
+    ValidationError,
+)
 from reelserve.tasks import FrameImageInput, Job, JobStatus, Result, TaskRequest
 
 ORIGIN = "kling"
@@ -301,9 +307,15 @@ _FIELD_NAMES: tuple[tuple[str, str], ...] = (
 
 
 def kling_code(exc: ReelserveError) -> tuple[int, int]:
-    """``(kling code, HTTP status)`` for an error."""
+    """``(kling code, HTTP status)`` for an error.
+
+    Per-key limits follow Kling's split: 1302 "requests too fast" for the submits-per-minute
+    limit, 1303 "parallel tasks over the limit" for the in-flight limit.
+    """
     if exc.code in _AUTH_CODES:
         return _AUTH_CODES[exc.code], 401
+    if isinstance(exc, InFlightLimitError):
+        return 1303, 429
     if exc.code == "modelNotFound":
         return 1203, 404
     return _KIND_CODES.get(exc.kind, (5000, 500))
@@ -389,6 +401,18 @@ def render_task(job: Job, links: Links) -> dict[str, Any]:
             ]
         }
     return data
+
+
+def render_task_at(job: Job, status: JobStatus, at: float, links: Links) -> dict[str, Any]:
+    """The task object as it was when ``job`` entered ``status`` at ``at`` (a callback body).
+
+    The outbox may send a status change after the job moved on (a "processing" callback retried
+    once the task already succeeded), so the body shows the status of that change and its time,
+    never a later state: ``task_result`` appears only in the ``succeed`` callback and
+    ``task_status_msg`` only in the ``failed`` one. Terminal statuses are final, so those two
+    callbacks carry the job as it is.
+    """
+    return render_task(job.model_copy(update={"status": status, "updated_at": at}), links)
 
 
 def render_submitted(job: Job) -> dict[str, Any]:

@@ -119,10 +119,17 @@ class M2VService:
 
     def submit(self, route: schema.PathRoute, form: dict[str, schema.FormValue],
                owner: str) -> Job:
-        """Check, map, validate and create the job."""
+        """Check, map, validate and create the job.
+
+        The per-key limits are checked after the form's own checks and before any image is
+        fetched or stored, so a refused submit costs no download and leaves no upload behind.
+        """
         from reelserve.catalog.validate import validate
 
         schema.check_form(route, form)
+        limiter = self.services.extra.get("ratelimiter")
+        if limiter is not None:  # per-key limits (api/ratelimit.py): rateLimitExceeded, 429
+            limiter.check_submit(owner, parameter=None)
         images: dict[str, str] = {}
         for field in ("input_image", "tail_image"):
             value = form.get(field)

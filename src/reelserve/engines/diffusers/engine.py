@@ -173,6 +173,13 @@ class DiffusersEngine:
         """Render one result of ``spec`` with ``seed`` (see the module docstring for fitting)."""
         return self.generate_many(spec, inputs, [seed], progress, cancelled)[0]
 
+    def batch_size(self, spec: GenerationSpec) -> int:
+        """Seeds of ``spec`` rendered in one pipeline call: the profile's ``batch`` (memory
+        permitting, which the operator states there); always 1 for ``wan-vace``, whose
+        control-video inputs this engine passes for one sample per call."""
+        profile = self._entry(spec).profile
+        return 1 if profile.pipeline == "wan-vace" else max(1, profile.batch)
+
     def generate_many(
         self,
         spec: GenerationSpec,
@@ -187,13 +194,12 @@ class DiffusersEngine:
         keeps the GPU busier than back-to-back calls; the profile's ``batch`` says how many fit.
         """
         entry = self._entry(spec)
-        profile = entry.profile
         if spec.width is None or spec.height is None or spec.duration is None:
             raise EngineError(
                 "internalError", "the diffusers engine needs a resolved spec (size and duration)",
                 kind=ErrorKind.INTERNAL,
             )
-        batch = 1 if profile.pipeline == "wan-vace" else max(1, profile.batch)
+        batch = self.batch_size(spec)
         groups = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
         clips: list[Clip] = []
         for n, group in enumerate(groups):
@@ -233,7 +239,7 @@ class DiffusersEngine:
         if self._cache is None:
             return set()
         out: set[str] = set()
-        for key in self._cache.keys():
+        for key in self._cache.keys():  # noqa: SIM118 - ResidencyCache.keys() is a locked snapshot
             out |= self.profiles.models_for(key)
         return out
 
@@ -278,7 +284,10 @@ class DiffusersEngine:
         assert spec.width is not None and spec.height is not None and spec.duration is not None
         gen_w, gen_h = generation_size(profile, spec.width, spec.height)
         frames = generation_frames(profile, spec.duration)
-        fit = (lambda im: fit_image(im, gen_w, gen_h))
+
+        def fit(image: Image.Image) -> Image.Image:
+            return fit_image(image, gen_w, gen_h)
+
         refs = [fit_image(im, gen_w, gen_h) for im in inputs.reference_images]
         # Kling's reference videos have no VACE counterpart; their first frames serve as references.
         refs += [fit_image(_first_frame_of(v), gen_w, gen_h) for v in inputs.reference_videos]

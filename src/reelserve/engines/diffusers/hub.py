@@ -80,10 +80,14 @@ def pull(
     """
     folder, repo = find_weights(profiles, name)
     if snapshot_download is None:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download as hub_download
+
+        download: Callable[..., str] = hub_download
+    else:
+        download = snapshot_download
 
     try:
-        snapshot_download(repo_id=repo, local_dir=str(folder))
+        download(repo_id=repo, local_dir=str(folder))
     except Exception as exc:  # network, auth, missing repo: all end the same way for the operator
         raise EngineError(
             "modelPullFailed",

@@ -120,7 +120,7 @@ def resolve_dtype(profile: Profile, device: str) -> torch.dtype:
     import torch
 
     if profile.dtype != "auto":
-        return getattr(torch, profile.dtype)  # type: ignore[no-any-return]
+        return getattr(torch, profile.dtype)
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
@@ -197,9 +197,12 @@ def _check_components(profile: Profile, pipe: Any, weights: Path) -> None:
         problems.append("it lacks transformer_2/boundary_ratio (the Wan 2.2 A14B two-expert layout)")
     if kind == "wan22-ti2v" and not pipe.config.get("expand_timesteps", False):
         problems.append("expand_timesteps is off (not a Wan 2.2 TI2V-5B folder)")
-    if kind in ("wan-i2v", "wan-flf2v", "wan22-i2v") and transformer is not None:
-        if transformer.config.in_channels == transformer.config.out_channels:
-            problems.append("its transformer takes no image condition channels (a text-to-video checkpoint?)")
+    if (
+        kind in ("wan-i2v", "wan-flf2v", "wan22-i2v")
+        and transformer is not None
+        and transformer.config.in_channels == transformer.config.out_channels
+    ):
+        problems.append("its transformer takes no image condition channels (a text-to-video checkpoint?)")
     if problems:
         raise EngineError(
             "invalidProfile",
@@ -272,7 +275,7 @@ def run(loaded: LoadedPipeline, plan: CallPlan, on_step: StepCallback) -> np.nda
         # its own guidance.
         kwargs["guidance_scale_2"] = plan.guidance_2
     output = pipe(**kwargs)
-    return output.frames  # type: ignore[no-any-return]
+    return output.frames
 
 
 def _need(image: Image.Image | None, kind: str, wf: Workflow, what: str) -> Image.Image:
