@@ -197,3 +197,21 @@ def url_secret(data_dir: Path, configured: str | None) -> bytes:
     finally:
         tmp.unlink(missing_ok=True)
     return path.read_bytes().strip()
+
+
+def owned_media_path(artifacts: ArtifactStore, media_uuid: str, owner: str) -> Path | None:
+    """Local file of an upload or earlier output named by ``media_uuid``, if ``owner`` may use it.
+
+    The one place that decides whose media a UUID may reach: another key's uploads and outputs
+    are invisible (as if absent), so a guessed or leaked UUID never crosses owners.
+    """
+    for prefix in (UPLOADS, OUTPUTS):
+        key = f"{prefix}/{media_uuid}"
+        try:
+            info = artifacts.info(key)
+        except ValidationError:  # not a UUID-shaped key at all
+            return None
+        if info is not None and info.owner in (None, owner):
+            return artifacts.local_path(key)
+    return None
+

@@ -267,6 +267,8 @@ def sniff(data: bytes) -> tuple[str, str] | None:
         return ("image", "BMP")
     if head[4:8] == b"ftyp":
         brand = head[8:12]
+        if brand in (b"M4A ", b"M4B "):
+            return ("audio", "M4A")
         if brand in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1"):
             return ("image", brand.decode("ascii", "replace").strip().upper())
         return ("video", "mov")
@@ -280,6 +282,14 @@ def sniff(data: bytes) -> tuple[str, str] | None:
         return ("image", "TIFF")
     if head.startswith((b"%PDF", b"%!PS")):
         return ("text", "PDF/PostScript")
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return ("audio", "WAV")
+    if head.startswith(b"OggS"):
+        return ("audio", "OGG")
+    if head.startswith(b"fLaC"):
+        return ("audio", "FLAC")
+    if head.startswith(b"ID3") or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+        return ("audio", "MP3")
     sample = data[:4096]
     if sample and b"\x00" not in sample:
         try:
@@ -290,6 +300,33 @@ def sniff(data: bytes) -> tuple[str, str] | None:
                 return None
         return ("text", "text")
     return None
+
+
+# (kind, name) from :func:`sniff` -> (content type, file extension) of media we store as uploads.
+UPLOAD_TYPES: dict[tuple[str, str], tuple[str, str]] = {
+    ("image", "PNG"): ("image/png", "png"),
+    ("image", "JPEG"): ("image/jpeg", "jpg"),
+    ("image", "WEBP"): ("image/webp", "webp"),
+    ("image", "GIF"): ("image/gif", "gif"),
+    ("video", "mov"): ("video/mp4", "mp4"),
+    ("video", "matroska"): ("video/webm", "webm"),
+    ("audio", "WAV"): ("audio/wav", "wav"),
+    ("audio", "OGG"): ("audio/ogg", "ogg"),
+    ("audio", "FLAC"): ("audio/flac", "flac"),
+    ("audio", "MP3"): ("audio/mpeg", "mp3"),
+    ("audio", "M4A"): ("audio/mp4", "m4a"),
+}
+
+
+def upload_type(data: bytes) -> tuple[str, str, str] | None:
+    """``(kind, content_type, extension)`` of an uploaded file we accept, or None."""
+    found = sniff(data)
+    if found is None or found not in UPLOAD_TYPES:
+        return None
+    content_type, extension = UPLOAD_TYPES[found]
+    if found == ("video", "mov") and data[8:12] == b"qt  ":
+        content_type, extension = "video/quicktime", "mov"
+    return found[0], content_type, extension
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from reelserve.delivery.storage import OUTPUTS, UPLOADS, ArtifactStore
+from reelserve.delivery.storage import OUTPUTS, ArtifactStore, owned_media_path
 from reelserve.engines.base import BatchEngine
 from reelserve.errors import CancelledError, EngineError, ErrorKind, ReelserveError
 from reelserve.tasks import GenerationSpec, Job, Result
@@ -266,19 +266,7 @@ class Worker:
 
     def _lookup(self, owner: str) -> Callable[[str], Path | None]:
         """UUID -> local file of an upload or an earlier output of the same owner."""
-
-        def lookup(media_uuid: str) -> Path | None:
-            for prefix in (UPLOADS, OUTPUTS):
-                key = f"{prefix}/{media_uuid}"
-                try:
-                    info = self.artifacts.info(key)
-                except ReelserveError:  # not a UUID-shaped key at all
-                    return None
-                if info is not None and info.owner in (None, owner):
-                    return self.artifacts.local_path(key)
-            return None
-
-        return lookup
+        return lambda media_uuid: owned_media_path(self.artifacts, media_uuid, owner)
 
     def _fetcher(self) -> Callable[..., Any]:
         if self._fetch is None:

@@ -23,13 +23,6 @@ from reelserve.tasks import DeliveryMethod, Job, JobStatus
 if TYPE_CHECKING:
     from reelserve.api.app import Services
 
-# Media sent with imageUpload / mediaStorage: the seed image limit is 20 MB; video/audio get more.
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_MEDIA_BYTES = 200 * 1024 * 1024
-
-_IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
-
-
 @dataclass
 class Reply:
     """What one batch of tasks produced."""
@@ -41,44 +34,6 @@ class Reply:
         """Append another reply's items."""
         self.data.extend(other.data)
         self.errors.extend(other.errors)
-
-
-def sniff_content_type(data: bytes) -> str | None:
-    """The media type of ``data`` from its magic bytes (images, video and audio we accept)."""
-    head = data[:64]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "audio/wav"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"M4A ", b"M4B "):
-            return "audio/mp4"
-        if brand == b"qt  ":
-            return "video/quicktime"
-        return "video/mp4"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "video/webm"
-    if head.startswith(b"ID3") or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
-        return "audio/mpeg"
-    if head.startswith(b"OggS"):
-        return "audio/ogg"
-    if head.startswith(b"fLaC"):
-        return "audio/flac"
-    return None
-
-
-_EXTENSIONS = {
-    **_IMAGE_TYPES, "audio/wav": "wav", "audio/mp4": "m4a", "video/quicktime": "mov",
-    "video/mp4": "mp4", "video/webm": "webm", "audio/mpeg": "mp3", "audio/ogg": "ogg",
-    "audio/flac": "flac",
-}
 
 
 def _task_uuid(task: dict[str, Any], required: bool = True) -> str | None:
@@ -245,14 +200,13 @@ class RunwareHandler:
     async def _image_upload(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
         task_uuid = _task_uuid(task)
         value = task.get("image")
-        data, content_type = await run_in_threadpool(
-            self._media_bytes, value, "image", MAX_IMAGE_BYTES)
-        if content_type not in _IMAGE_TYPES:
+        data, found = await run_in_threadpool(self._media_bytes, value, "image", owner)
+        if found is None or found[0] != "image":
             raise ValidationError(
-                "invalidImage", f"image is not a supported image ({content_type or 'unknown'} "
+                "invalidImage", f"image is not a supported image ({found[1] if found else 'unknown'} "
                 "data); allowed: PNG, JPEG, WEBP, GIF", parameter="image",
-                allowed_values=sorted(_IMAGE_TYPES))
-        media_uuid, url = await run_in_threadpool(self._store_upload, data, content_type, owner)
+                allowed_values=["PNG", "JPEG", "WEBP", "GIF"])
+        media_uuid, url = await run_in_threadpool(self._store_upload, data, found, owner)
         return Reply(data=[{"taskType": "imageUpload", "taskUUID": task_uuid,
                             "imageUUID": media_uuid, "imageURL": url}])
 
@@ -260,15 +214,14 @@ class RunwareHandler:
         task_uuid = _task_uuid(task)
         operation = task.get("operation", "upload")
         if operation == "upload":
-            data, content_type = await run_in_threadpool(
-                self._media_bytes, task.get("media"), "media", MAX_MEDIA_BYTES)
-            if content_type is None:
+            data, found = await run_in_threadpool(
+                self._media_bytes, task.get("media"), "media", owner)
+            if found is None:
                 raise ValidationError(
                     "invalidMedia", "media is not a recognised image, video or audio file; "
                     "allowed: PNG, JPEG, WEBP, GIF, MP4, MOV, WEBM, MP3, WAV, M4A, OGG, FLAC",
                     parameter="media")
-            media_uuid, url = await run_in_threadpool(self._store_upload, data, content_type,
-                                                      owner)
+            media_uuid, url = await run_in_threadpool(self._store_upload, data, found, owner)
             return Reply(data=[{"taskType": "mediaStorage", "taskUUID": task_uuid,
                                 "operation": "upload", "mediaUUID": media_uuid,
                                 "mediaURL": url}])
@@ -291,9 +244,18 @@ class RunwareHandler:
 
     # ------------------------------------------------------------------ media helpers
 
-    def _media_bytes(self, value: Any, parameter: str, cap: int) -> tuple[bytes, str | None]:
-        """Bytes of a data URI, raw base64, URL (through the netguard) or an earlier UUID."""
-        from reelserve.media.inputs import resolve_ref
+    def _media_bytes(
+        self, value: Any, parameter: str, owner: str
+    ) -> tuple[bytes, tuple[str, str, str] | None]:
+        """Bytes of a data URI, raw base64, URL (through the netguard) or an earlier UUID, with
+        their sniffed ``(kind, content_type, extension)``.
+
+        The cap is the catalog's input limit: images for ``imageUpload``, videos (the larger) for
+        ``mediaStorage``, which also takes video and audio.
+        """
+        from reelserve.catalog import get_catalog
+        from reelserve.delivery.storage import owned_media_path
+        from reelserve.media.inputs import resolve_ref, upload_type
 
         if not isinstance(value, str) or not value.strip():
             raise ValidationError(
@@ -301,23 +263,13 @@ class RunwareHandler:
                 else f"invalid{parameter.capitalize()}",
                 f"{parameter} must be a data URI, base64 string, URL or UUID, got {value!r:.60}",
                 parameter=parameter)
-        data = resolve_ref(value, parameter=parameter, lookup=self._lookup_for(),
-                           fetch=self._fetch, max_bytes=cap)
-        return data, sniff_content_type(data)
-
-    def _lookup_for(self) -> Any:
-        def lookup(media_uuid: str) -> Any:
-            # Re-uploading an existing upload/output by UUID: copy its bytes.
-            for prefix in (UPLOADS, OUTPUTS):
-                try:
-                    path = self.services.artifacts.local_path(f"{prefix}/{media_uuid}")
-                except ReelserveError:
-                    return None
-                if path is not None:
-                    return path
-            return None
-
-        return lookup
+        limits = get_catalog().limits
+        cap = limits.images.max_bytes if parameter == "image" else limits.videos.max_bytes
+        data = resolve_ref(
+            value, parameter=parameter,
+            lookup=lambda media_uuid: owned_media_path(self.services.artifacts, media_uuid, owner),
+            fetch=self._fetch, max_bytes=cap)
+        return data, upload_type(data)
 
     def _fetch(self, url: str, *, max_bytes: int) -> Any:
         from reelserve.media import netguard
@@ -325,9 +277,11 @@ class RunwareHandler:
         policy = netguard.OutboundPolicy.from_settings(self.services.settings)
         return netguard.fetch(url, max_bytes=max_bytes, policy=policy)
 
-    def _store_upload(self, data: bytes, content_type: str, owner: str) -> tuple[str, str]:
+    def _store_upload(
+        self, data: bytes, found: tuple[str, str, str], owner: str
+    ) -> tuple[str, str]:
         media_uuid = str(uuid.uuid4())
-        ext = _EXTENSIONS.get(content_type, "bin")
+        _, content_type, ext = found
         info = self.services.artifacts.put_bytes(f"{UPLOADS}/{media_uuid}", data,
                                                  content_type=content_type, owner=owner,
                                                  extension=ext)
