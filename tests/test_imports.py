@@ -10,7 +10,9 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("torch", "diffusers", "transformers", "av", "ray", "accelerate")
+# psycopg: the PostgreSQL driver loads only when a postgresql:// database URL is opened.
+HEAVY = ("torch", "diffusers", "transformers", "av", "ray", "accelerate", "psycopg",
+         "psycopg_pool")
 
 
 def _imported_after(statement: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Command line: ``reelserve serve | worker``.
+"""Command line: ``reelserve serve | worker | generate | models | doctor``.
 
 Every option also comes from ``REELSERVE_*`` environment variables; explicit options win. One
 :class:`~reelserve.settings.Settings` object is built here and passed down explicitly.
@@ -79,6 +79,18 @@ def _doctor(args: argparse.Namespace) -> int:
     return diffusers_cli.doctor(_settings(args))
 
 
+def _size(text: str) -> tuple[int, int]:
+    from reelserve.client.cli import parse_size
+
+    return parse_size(text)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from reelserve.client import cli as client_cli
+
+    return client_cli.generate(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="reelserve", description=__doc__.splitlines()[0])
@@ -109,6 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="what engines, devices, weights and settings this install has")
     doctor.set_defaults(func=_doctor)
+
+    gen = sub.add_parser("generate", help="generate videos on a running server (Runware client)")
+    gen.add_argument("--url", default="http://127.0.0.1:8000", help="server root URL")
+    gen.add_argument("--api-key", help="API key (default: REELSERVE_API_KEY)")
+    gen.add_argument("--model", required=True, help="AIR id, e.g. klingai:1@1")
+    gen.add_argument("--prompt", help="positivePrompt")
+    gen.add_argument("--negative-prompt", help="negativePrompt")
+    gen.add_argument("--image", help="first frame: a file or an http(s) URL (imageUpload)")
+    gen.add_argument("--last-image", help="last frame: a file or an http(s) URL")
+    gen.add_argument("--duration", type=float, help="seconds (the model's allowed values)")
+    gen.add_argument("--size", type=_size, help="WIDTHxHEIGHT, e.g. 1280x720")
+    gen.add_argument("--format", default="MP4", type=str.upper, choices=["MP4", "WEBM", "MOV"])
+    gen.add_argument("--number-results", type=int, default=1, help="videos to make (1-4)")
+    gen.add_argument("--seed", type=int, help="seed of the first video")
+    gen.add_argument("--cfg-scale", type=float, help="CFGScale (0-1)")
+    gen.add_argument("-o", "--output", type=Path,
+                     help="output file (out-1.mp4, out-2.mp4, ... for several) or directory")
+    gen.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the videos")
+    gen.add_argument("--request-timeout", type=float, default=120.0, help="seconds per HTTP request")
+    gen.set_defaults(func=_generate)
     return parser
 
 

@@ -287,7 +287,7 @@ class Job(BaseModel):
     request: dict[str, Any] = Field(default_factory=dict)
     spec: GenerationSpec
     status: JobStatus = JobStatus.QUEUED
-    progress: float = 0.0
+    progress: float = 0.0  # percent done, 0-100 (what every dialect shows)
     attempts: int = 0
     cancel_requested: bool = False
     error: dict[str, Any] | None = None

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_store_contract import STORES
+from test_store_contract import STORES, store_factory
 
 from reelserve.jobs.store import JobStore
 from reelserve.tasks import Delivery, GenerationSpec, Job, JobStatus, Result, Workflow
@@ -24,7 +24,7 @@ CALLBACK = "https://hooks.example/status"
 
 @pytest.fixture(params=sorted(STORES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    st = STORES[request.param](tmp_path, 3)
+    st = store_factory(request)(tmp_path, 3)
     yield st
     st.close()
 
@@ -198,16 +198,19 @@ def test_due_retry_and_expired_lease_are_claimed_again(store: JobStore) -> None:
     assert store.deliveries(job.id)[0].state == "delivered"
 
 
-def test_outbox_survives_reopening(tmp_path: Path) -> None:
-    for name, factory in STORES.items():
-        first = factory(tmp_path / name, 3)
-        job = running(first, make_job())
-        first.add_result(job.id, "w1", make_result(0))
-        first.close()
-        second = factory(tmp_path / name, 3)
-        [rec] = second.claim_deliveries("d", 30, 10)
-        assert rec.job_id == job.id
-        second.close()
+@pytest.mark.parametrize("name", sorted(STORES))
+def test_outbox_survives_reopening(
+    request: pytest.FixtureRequest, tmp_path: Path, name: str
+) -> None:
+    factory = store_factory(request, name)
+    first = factory(tmp_path, 3)
+    job = running(first, make_job())
+    first.add_result(job.id, "w1", make_result(0))
+    first.close()
+    second = factory(tmp_path, 3)
+    [rec] = second.claim_deliveries("d", 30, 10)
+    assert rec.job_id == job.id
+    second.close()
 
 
 def test_expired_outputs_follow_task_ttl(store: JobStore) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_store_contract import STORES
+from test_store_contract import STORES, store_factory
 
 from reelserve.jobs.sqlite import MIGRATIONS, SQLiteJobStore
 from reelserve.jobs.store import JobStore
@@ -24,7 +24,7 @@ A, B = "klingai:1@1", "klingai:1@2"
 
 @pytest.fixture(params=sorted(STORES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    opened = STORES[request.param](tmp_path, 3)
+    opened = store_factory(request)(tmp_path, 3)
     yield opened
     opened.close()
 

@@ -1,7 +1,9 @@
 """The JobStore contract: every store implementation must pass these.
 
-Add an implementation to ``STORES`` (a factory taking a temp dir and ``max_attempts``) and it
-runs the whole suite.
+Add an implementation to ``STORES`` (a factory taking a temp dir and ``max_attempts``; the same
+dir must reopen the same state) and it runs the whole suite. Fixtures get the factory through
+:func:`store_factory`, which first starts what the implementation needs (PostgreSQL: the
+session's private server from ``tests/pg_server.py``, skipped or failed without one).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pg_server import postgres_store
 from reelserve.errors import ConflictError
 from reelserve.jobs.sqlite import SQLiteJobStore
 from reelserve.jobs.store import JobStore
@@ -23,19 +26,33 @@ StoreFactory = Callable[[Path, int], JobStore]
 
 STORES: dict[str, StoreFactory] = {
     "sqlite": lambda tmp, max_attempts: SQLiteJobStore(tmp / "jobs.db", max_attempts=max_attempts),
+    # A database per temp dir on the session's private PostgreSQL server.
+    "postgres": postgres_store,
 }
+
+# Servers an implementation needs, as fixture names (requested before its factory is used).
+NEEDS: dict[str, str] = {"postgres": "pg_server"}
+
+
+def store_factory(request: pytest.FixtureRequest, name: str | None = None) -> StoreFactory:
+    """The factory of implementation ``name`` (default: the fixture's param), its server up."""
+    name = name or request.param
+    if name in NEEDS:
+        request.getfixturevalue(NEEDS[name])
+    return STORES[name]
 
 
 @pytest.fixture(params=sorted(STORES))
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     opened: list[JobStore] = []
+    open_store = store_factory(request)
 
     def factory(tmp: Path = tmp_path, max_attempts: int = 3) -> JobStore:
-        store = STORES[request.param](tmp, max_attempts)
+        store = open_store(tmp, max_attempts)
         opened.append(store)
         return store
 
-    yield factory  # type: ignore[misc]
+    yield factory
     for store in opened:
         store.close()
 

@@ -1,12 +1,26 @@
-"""Store methods the dialects need: list_jobs (owner, origin, offset/after paging) and delete."""
+"""Store methods the dialects need: list_jobs (owner, origin, offset/after paging) and delete.
+
+Runs over every store in ``test_store_contract.STORES``.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from reelserve.jobs.sqlite import SQLiteJobStore
+import pytest
+from test_store_contract import STORES, store_factory
+
+from reelserve.jobs.store import JobStore
 from reelserve.tasks import GenerationSpec, Job, JobStatus, Workflow
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    opened = store_factory(request)(tmp_path, 3)
+    yield opened
+    opened.close()
 
 
 def _job(owner: str, origin: str, created: float) -> Job:
@@ -17,37 +31,29 @@ def _job(owner: str, origin: str, created: float) -> Job:
                created_at=created)
 
 
-def test_list_jobs_by_owner_origin_with_paging(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "db.sqlite")
-    try:
-        for i in range(5):
-            store.create(_job("a", "openai", i))
-        store.create(_job("a", "kling.text2video", 10))
-        store.create(_job("b", "openai", 20))
-        # create() stamps created_at itself; order follows insertion.
-        ids = [j.id for j in store.list_jobs("a", origin="openai", limit=10)]
-        assert ids == [f"j-{i}" for i in (4, 3, 2, 1, 0)]
-        assert [j.id for j in store.list_jobs("a", origin="openai", limit=2, offset=2)] == \
-            ["j-2", "j-1"]
-        assert [j.id for j in store.list_jobs("a", origin="openai", limit=2, after="j-3")] == \
-            ["j-2", "j-1"]
-        assert len(store.list_jobs("a", limit=100)) == 6
-        assert [j.id for j in store.list_jobs("b")] == ["j-20"]
-        assert store.list_jobs("b", after="j-3") == []  # a cursor of another owner
-    finally:
-        store.close()
+def test_list_jobs_by_owner_origin_with_paging(store: JobStore) -> None:
+    for i in range(5):
+        store.create(_job("a", "openai", i))
+    store.create(_job("a", "kling.text2video", 10))
+    store.create(_job("b", "openai", 20))
+    # create() stamps created_at itself; order follows insertion.
+    ids = [j.id for j in store.list_jobs("a", origin="openai", limit=10)]
+    assert ids == [f"j-{i}" for i in (4, 3, 2, 1, 0)]
+    assert [j.id for j in store.list_jobs("a", origin="openai", limit=2, offset=2)] == \
+        ["j-2", "j-1"]
+    assert [j.id for j in store.list_jobs("a", origin="openai", limit=2, after="j-3")] == \
+        ["j-2", "j-1"]
+    assert len(store.list_jobs("a", limit=100)) == 6
+    assert [j.id for j in store.list_jobs("b")] == ["j-20"]
+    assert store.list_jobs("b", after="j-3") == []  # a cursor of another owner
 
 
-def test_delete_removes_job_and_stops_its_worker(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "db.sqlite")
-    try:
-        store.create(_job("a", "openai", 1))
-        claimed = store.claim("w1", 30)
-        assert claimed is not None and claimed.status is JobStatus.RUNNING
-        assert store.delete(claimed.id) is True
-        assert store.get(claimed.id) is None
-        assert store.heartbeat(claimed.id, "w1", 30).owned is False
-        assert store.finish(claimed.id, "w1") is False
-        assert store.delete(claimed.id) is False
-    finally:
-        store.close()
+def test_delete_removes_job_and_stops_its_worker(store: JobStore) -> None:
+    store.create(_job("a", "openai", 1))
+    claimed = store.claim("w1", 30)
+    assert claimed is not None and claimed.status is JobStatus.RUNNING
+    assert store.delete(claimed.id) is True
+    assert store.get(claimed.id) is None
+    assert store.heartbeat(claimed.id, "w1", 30).owned is False
+    assert store.finish(claimed.id, "w1") is False
+    assert store.delete(claimed.id) is False

@@ -6,6 +6,7 @@ Servers started by tests load it with ``REELSERVE_ENGINE_SELECTOR=tiny_engine:en
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -89,4 +90,11 @@ class ResidentSelector:
 def engine_selector(settings: Any) -> Callable[[GenerationSpec], Engine]:
     """The selector factory named by REELSERVE_ENGINE_SELECTOR."""
     engine = TinyEngine()
+    return lambda spec: engine
+
+
+def slow_engine_selector(settings: Any) -> Callable[[GenerationSpec], Engine]:
+    """Like :func:`engine_selector`, but each frame takes 20 ms (3 s for 5 s at 30 fps): long
+    enough to catch a job mid-run (kill -9 tests), still cheap to render."""
+    engine = TinyEngine(on_frame=lambda _index: time.sleep(0.02))
     return lambda spec: engine

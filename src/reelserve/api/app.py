@@ -13,8 +13,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,8 +26,12 @@ from reelserve.api.media import UrlSigner, media_router
 from reelserve.errors import ReelserveError
 
 if TYPE_CHECKING:
+    from reelserve.api.ratelimit import RateLimiter
+    from reelserve.delivery.dispatcher import Dispatcher
     from reelserve.delivery.storage import ArtifactStore
+    from reelserve.delivery.sweeper import Sweeper
     from reelserve.jobs.store import JobStore
+    from reelserve.media.netguard import OutboundPolicy
     from reelserve.settings import Settings
     from reelserve.tasks import Job
     from reelserve.worker.loop import EngineSelector
@@ -99,25 +103,41 @@ class JobEvents:
 
 @dataclass
 class Services:
-    """Everything the routers need, built once per app."""
+    """Everything the routers need, built once per app.
+
+    ``dispatcher`` (webhook/upload/status-callback outbox) and ``sweeper`` (expired outputs) run
+    in background threads during the app's lifespan; ``limiter`` holds the per-key limits and
+    ``policy`` the outbound (SSRF) rules every dialect checks client URLs against at submit.
+    """
 
     settings: Settings
     store: JobStore
     artifacts: ArtifactStore
     signer: UrlSigner
     events: JobEvents
-    extra: dict[str, Any] = field(default_factory=dict)
+    policy: OutboundPolicy
+    dispatcher: Dispatcher
+    sweeper: Sweeper
+    limiter: RateLimiter
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        """Open the store and artifact store named by ``settings`` (fast: no engine imports)."""
+        """Open the stores named by ``settings`` (fast: no engine imports)."""
+        from reelserve.api.ratelimit import RateLimiter
+        from reelserve.delivery.dispatcher import Dispatcher
         from reelserve.delivery.storage import open_artifacts, url_secret
+        from reelserve.delivery.sweeper import Sweeper
         from reelserve.jobs.store import open_store
 
         store = open_store(settings)
+        artifacts = open_artifacts(settings.data_dir)
         secret = url_secret(settings.data_dir, settings.url_secret)
-        return cls(settings=settings, store=store, artifacts=open_artifacts(settings.data_dir),
-                   signer=UrlSigner(secret, settings.base_url), events=JobEvents(store))
+        dispatcher = Dispatcher(settings, store, artifacts)
+        return cls(settings=settings, store=store, artifacts=artifacts,
+                   signer=UrlSigner(secret, settings.base_url), events=JobEvents(store),
+                   policy=dispatcher.policy, dispatcher=dispatcher,
+                   sweeper=Sweeper(settings, store, artifacts),
+                   limiter=RateLimiter.from_settings(settings, store))
 
 
 def create_app(
@@ -154,8 +174,7 @@ def create_app(
                                       settings.workers, select_engine)
             executor.start()
         # Webhook/upload outbox and expired-output sweeper (reelserve.delivery).
-        dispatcher = services.extra["dispatcher"]
-        sweeper = services.extra["sweeper"]
+        dispatcher, sweeper = services.dispatcher, services.sweeper
         dispatcher.start()
         sweeper.start()
         try:
@@ -187,25 +206,15 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": reelserve.__version__}
 
-    from reelserve.api.ratelimit import RateLimiter
     from reelserve.api.runware import render as runware_render
     from reelserve.api.runware.handlers import RunwareHandler
     from reelserve.api.runware.rest import runware_rest_router
     from reelserve.api.runware.ws import runware_ws_router
-    from reelserve.delivery.dispatcher import Dispatcher
-    from reelserve.delivery.sweeper import Sweeper
 
     # Delivery knows no dialect: each dialect registers how its jobs look in a webhook body.
-    dispatcher = services.extra.setdefault(
-        "dispatcher", Dispatcher(settings, services.store, services.artifacts))
-    dispatcher.register_renderer(
+    services.dispatcher.register_renderer(
         "runware", lambda job, result: runware_render.webhook_payload(job, result, services))
-    services.extra.setdefault("sweeper", Sweeper(settings, services.store, services.artifacts))
-    services.extra.setdefault("ratelimiter", RateLimiter.from_settings(settings, services.store))
-    services.extra.setdefault("outbound_policy", dispatcher.policy)
-
     handler = RunwareHandler(services)
-    services.extra["runware_handler"] = handler
     app.include_router(runware_rest_router(services, handler))
     app.include_router(runware_ws_router(services, handler))
     app.include_router(media_router(services))
@@ -218,6 +227,10 @@ def create_app(
     app.include_router(m2v_router(services))
     app.include_router(kling_router(services))
     app.include_router(openai_router(services))
+    # The playground page at GET / (static files; it calls POST /v1 like any client).
+    from reelserve.web import playground_router
+
+    app.include_router(playground_router())
     for router in routers:
         app.include_router(router if isinstance(router, APIRouter) else router(services))
     return app

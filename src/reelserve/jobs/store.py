@@ -9,8 +9,10 @@ Waiting for changes works across processes: every store exposes :meth:`JobStore.
 in-process notification and readers poll :meth:`JobStore.get` with a short interval for writers in
 other processes (``reelserve worker --data-dir DIR``).
 
-Implementations: :class:`reelserve.jobs.sqlite.SQLiteJobStore` (embedded default). Every
-implementation must pass the contract suite in ``tests/jobs/``.
+Implementations: :class:`reelserve.jobs.sqlite.SQLiteJobStore` (embedded default) and
+:class:`reelserve.jobs.postgres.PostgresJobStore` (several machines; LISTEN/NOTIFY carries change
+notifications across processes there). Every implementation must pass the contract suite in
+``tests/jobs/``.
 """
 
 from __future__ import annotations
@@ -223,7 +225,12 @@ class JobStore(Protocol):
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The job store named by ``settings.resolved_database_url`` (SQLite by default)."""
+    """The job store named by ``settings.resolved_database_url`` (SQLite by default).
+
+    ``postgresql://`` (or ``postgres://``) URLs open :class:`~reelserve.jobs.postgres.
+    PostgresJobStore`; its driver is imported only then, so ``import reelserve`` and SQLite
+    installs never load it.
+    """
     from reelserve.errors import ValidationError
 
     url = settings.resolved_database_url
@@ -232,9 +239,22 @@ def open_store(settings: Settings) -> JobStore:
 
         return SQLiteJobStore(url.removeprefix("sqlite:///"), max_attempts=settings.max_attempts)
     scheme = url.split(":", 1)[0]
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from reelserve.jobs.postgres import PostgresJobStore
+        except ImportError as exc:
+            raise ValidationError(
+                "unsupportedDatabaseUrl",
+                f"database_url is a PostgreSQL URL but its driver is not installed ({exc}); "
+                "install the extra: pip install 'reelserve[postgres]'",
+                parameter="database_url",
+                allowed_values=["sqlite"],
+            ) from exc
+        return PostgresJobStore(url, max_attempts=settings.max_attempts)
     raise ValidationError(
         "unsupportedDatabaseUrl",
-        f"database_url scheme {scheme!r} is not supported by this install; allowed: sqlite:///PATH",
+        f"database_url scheme {scheme!r} is not supported; allowed: sqlite:///PATH, "
+        "postgresql://USER:PASSWORD@HOST:PORT/DBNAME",
         parameter="database_url",
-        allowed_values=["sqlite"],
+        allowed_values=["sqlite", "postgresql"],
     )

@@ -71,7 +71,6 @@ class KlingService:
         (idempotent on ``external_task_id``)."""
         from reelserve.catalog.validate import validate
         from reelserve.delivery.dispatcher import check_targets
-        from reelserve.media import netguard
 
         data = schema.origin_data(kind, body)
         external = data["external_task_id"]
@@ -83,12 +82,9 @@ class KlingService:
             # malformed URL is refused now (names pointing inside are refused when sent).
             spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(
                 update={"status_url": data["callback_url"]})})
-            policy = (self.services.extra.get("outbound_policy")
-                      or netguard.OutboundPolicy.from_settings(self.services.settings))
-            check_targets(spec.delivery, policy, status_parameter="callback_url")
-        limiter = self.services.extra.get("ratelimiter")
-        if limiter is not None:  # per-key limits (api/ratelimit.py): 1302 / 1303
-            limiter.check_submit(owner, parameter=None)
+            check_targets(spec.delivery, self.services.policy, status_parameter="callback_url")
+        # per-key limits (api/ratelimit.py): 1302 / 1303
+        self.services.limiter.check_submit(owner, parameter=None)
         recorded = {k: v for k, v in body.items() if k not in ("image", "image_tail")}
         job = Job(id=schema.new_task_id(), task_uuid=task_uuid, owner=owner,
                   origin=origin_for(kind), origin_data=data, request=recorded, spec=spec)
@@ -150,10 +146,9 @@ def kling_router(services: Services) -> APIRouter:
     """Kling's own routes: create, query (by task_id or external_task_id) and list, per kind."""
     router = APIRouter(tags=["Kling"])
     service = KlingService(services)
-    dispatcher = services.extra.get("dispatcher")
-    if dispatcher is not None:  # callback_url bodies (the outbox sends them, any process)
-        for kind in schema.KINDS:
-            dispatcher.register_status_renderer(origin_for(kind), service.render_event)
+    # callback_url bodies (the outbox sends them, from any process)
+    for kind in schema.KINDS:
+        services.dispatcher.register_status_renderer(origin_for(kind), service.render_event)
 
     def reply(data: Any, request_id: str) -> JSONResponse:
         return JSONResponse(schema.envelope(data, request_id))

@@ -99,7 +99,7 @@ class M2VService:
         from reelserve.media import netguard
         from reelserve.media.inputs import resolve_ref
 
-        policy = netguard.OutboundPolicy.from_settings(self.services.settings)
+        policy = self.services.policy
 
         def fetch(url: str, *, max_bytes: int) -> Any:
             return netguard.fetch(url, max_bytes=max_bytes, policy=policy, parameter=field)
@@ -127,9 +127,8 @@ class M2VService:
         from reelserve.catalog.validate import validate
 
         schema.check_form(route, form)
-        limiter = self.services.extra.get("ratelimiter")
-        if limiter is not None:  # per-key limits (api/ratelimit.py): rateLimitExceeded, 429
-            limiter.check_submit(owner, parameter=None)
+        # per-key limits (api/ratelimit.py): rateLimitExceeded, 429
+        self.services.limiter.check_submit(owner, parameter=None)
         images: dict[str, str] = {}
         for field in ("input_image", "tail_image"):
             value = form.get(field)

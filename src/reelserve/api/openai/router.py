@@ -123,7 +123,7 @@ def openai_router(services: Services) -> APIRouter:
     """OpenAI-style routes: create, list, retrieve, content, delete."""
     router = APIRouter(tags=["OpenAI-style videos"])
     service = OpenAIService(services)
-    limiter = services.extra.get("ratelimiter")  # per-key limits: rate_limit_error, 429
+    limiter = services.limiter  # per-key limits: rate_limit_error, 429
 
     async def read_create(request: Request, owner: str) -> tuple[dict[str, Any], str | None]:
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -165,9 +165,8 @@ def openai_router(services: Services) -> APIRouter:
     async def create(request: Request) -> JSONResponse:
         try:
             owner = await run_in_threadpool(service.owner, request)
-            if limiter is not None:
-                # Before the body is read: a refused submit stores no input_reference upload.
-                await run_in_threadpool(limiter.check_submit, owner, parameter=None)
+            # Before the body is read: a refused submit stores no input_reference upload.
+            await run_in_threadpool(limiter.check_submit, owner, parameter=None)
             body, reference = await read_create(request, owner)
             job = await run_in_threadpool(service.submit, body, reference, owner)
         except ReelserveError as exc:

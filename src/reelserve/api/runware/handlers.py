@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 
 from reelserve.api.runware import render
+from reelserve.delivery.dispatcher import check_targets
 from reelserve.delivery.storage import OUTPUTS, UPLOADS
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
 from reelserve.tasks import DeliveryMethod, Job, JobStatus
@@ -117,14 +118,10 @@ class RunwareHandler:
 
         request = parse_video_inference(task)
         spec = validate(request)
-        policy = self.services.extra.get("outbound_policy")
-        if policy is not None:  # webhookURL/uploadEndpoint under the SSRF rules, before storing
-            from reelserve.delivery.dispatcher import check_targets
-
-            check_targets(spec.delivery, policy)
-        limiter = self.services.extra.get("ratelimiter")
-        if limiter is not None:  # per-key limits (api/ratelimit.py): rateLimitExceeded
-            await run_in_threadpool(limiter.check_submit, owner)
+        # webhookURL/uploadEndpoint under the SSRF rules, before storing
+        check_targets(spec.delivery, self.services.policy)
+        # per-key limits (api/ratelimit.py): rateLimitExceeded
+        await run_in_threadpool(self.services.limiter.check_submit, owner)
         job = Job(id=str(uuid.uuid4()), task_uuid=spec.task_uuid, owner=owner, origin="runware",
                   request=task, spec=spec)
         job = await run_in_threadpool(self.services.store.create, job)
@@ -274,8 +271,7 @@ class RunwareHandler:
     def _fetch(self, url: str, *, max_bytes: int) -> Any:
         from reelserve.media import netguard
 
-        policy = netguard.OutboundPolicy.from_settings(self.services.settings)
-        return netguard.fetch(url, max_bytes=max_bytes, policy=policy)
+        return netguard.fetch(url, max_bytes=max_bytes, policy=self.services.policy)
 
     def _store_upload(
         self, data: bytes, found: tuple[str, str, str], owner: str

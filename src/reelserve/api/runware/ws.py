@@ -498,7 +498,6 @@ def runware_ws_router(services: Services, handler: RunwareHandler) -> APIRouter:
     """The WebSocket routes ``/v1`` and ``/v1/`` (a POST route may share the path)."""
     router = APIRouter()
     endpoint = RunwareWebSocket(services, handler)
-    services.extra["runware_ws"] = endpoint
 
     async def runware_socket(websocket: WebSocket) -> None:
         await endpoint.serve(websocket)

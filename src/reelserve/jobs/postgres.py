@@ -1,0 +1,820 @@
+"""The JobStore for several machines: PostgreSQL through psycopg 3.
+
+Selected by ``REELSERVE_DATABASE_URL=postgresql://user:password@host:5432/dbname`` (needs the
+``postgres`` extra: ``pip install 'reelserve[postgres]'``). Every API server and ``reelserve
+worker`` on every machine points at the same database; it is the only shared state besides the
+artifacts (see ``docs/deployment.md``).
+
+Concurrency: a small connection pool per process, one transaction per method. A claim picks its
+job with ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent claimers on any number of machines
+never take the same job and never wait for each other; every other write locks the job row it
+checks (``FOR UPDATE``) before it writes, so "does this worker still hold the lease" and the write
+happen atomically.
+
+Time: every time the store stamps (leases, ``created_at``, delivery leases) is the database's
+clock (``now()``, the transaction's start), so the clocks of the machines do not matter for
+leases or claim order. Two values come from the caller and are compared with the database clock:
+a delivery retry's ``next_at`` and the sweeper's ``now`` in :meth:`expired_outputs`; those assume
+the machines' clocks agree to within a second or so (NTP), which only shifts a retry or an expiry
+by that much.
+
+Change notification: each committed change also runs ``pg_notify`` on :data:`CHANNEL` with
+``<store instance>:<job id>``. A store with subscribers keeps one extra connection that LISTENs
+and calls them for changes made by *other* processes (its own changes are reported directly after
+commit, as in SQLite). Notifications are an optimisation only: readers also poll. The listening
+connection reconnects with backoff when it drops, and changes made while it was down are simply
+found by those polls. Progress-only heartbeats are not broadcast: nothing outside the writing
+process waits for them, and waking every idle worker on every machine each time a running job
+advances would only cost claims.
+
+Schema changes go into :data:`MIGRATIONS` (append only); the ``reelserve_schema`` table records
+how many have run. Migrations run under an advisory lock, so processes starting together do not
+race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool
+
+from reelserve.errors import ConflictError, ErrorKind, ReelserveError
+from reelserve.jobs.store import DeliveryRecord, Heartbeat, Listener
+from reelserve.tasks import GenerationSpec, Job, JobStatus, Result
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[DictRow]
+
+MIGRATIONS: list[str] = [
+    # 1: the schema of the SQLite store as of its migration 4: jobs (with the indexed model
+    # column that claim preference uses), per-index results with expiry, and the delivery
+    # outbox (webhook, upload and status rows). ``seq`` orders outbox rows the way SQLite's
+    # rowid does: status rows of one job go out in the order they were added.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        task_uuid TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        origin_data TEXT NOT NULL,
+        request TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        model TEXT,
+        status TEXT NOT NULL,
+        progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        lease_owner TEXT,
+        lease_expires DOUBLE PRECISION,
+        error TEXT,
+        cost DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        UNIQUE (owner, task_uuid)
+    );
+    CREATE INDEX jobs_runnable ON jobs (status, created_at);
+    CREATE INDEX jobs_model_runnable ON jobs (model, status, created_at);
+    CREATE INDEX jobs_owner_status ON jobs (owner, status);
+    CREATE INDEX jobs_owner_created ON jobs (owner, created_at, id);
+    CREATE TABLE results (
+        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        delivered BOOLEAN NOT NULL DEFAULT FALSE,
+        created_at DOUBLE PRECISION NOT NULL,
+        expired_at DOUBLE PRECISION,
+        PRIMARY KEY (job_id, idx)
+    );
+    CREATE INDEX results_live ON results (created_at) WHERE expired_at IS NULL;
+    CREATE TABLE deliveries (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        url TEXT NOT NULL,
+        result_index INTEGER,
+        event TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at DOUBLE PRECISION NOT NULL,
+        lease_owner TEXT,
+        lease_expires DOUBLE PRECISION,
+        last_status INTEGER,
+        last_error TEXT,
+        history TEXT NOT NULL DEFAULT '[]',
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_at) WHERE state = 'pending';
+    CREATE INDEX deliveries_job ON deliveries (job_id, seq);
+    """,
+]
+
+CHANNEL = "reelserve_jobs"
+"""The LISTEN/NOTIFY channel; payloads are ``<store instance id>:<job id>``."""
+
+# Any constant works: it only has to be the same in every reelserve process.
+_MIGRATION_LOCK = 0x7265656C73657276
+
+# The database clock in epoch seconds: the start of the current transaction.
+_NOW = "extract(epoch FROM now())::float8"
+
+# A claimable job: queued, or running under a lease that expired (its worker died).
+_RUNNABLE = f"(status = 'queued' OR (status = 'running' AND lease_expires < {_NOW}))"
+
+# A job row with its results (one statement, so both come from the same snapshot).
+_JOB = (
+    "id, owner, task_uuid, origin, origin_data, request, spec, status, progress, attempts, "
+    "cancel_requested, error, cost, created_at, updated_at, "
+    "ARRAY(SELECT r.data FROM results r WHERE r.job_id = jobs.id ORDER BY r.idx) AS results"
+)
+
+# Connection settings used unless the URL sets them: fail fast when the server is unreachable,
+# and notice a dead peer on an idle connection (the listener's) within about a minute.
+_CONNECT_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "application_name": "reelserve",
+}
+
+
+def _unavailable(exc: Exception, target: str) -> ReelserveError:
+    return ReelserveError(
+        "databaseUnavailable",
+        f"the job database ({target}) cannot be used: {exc}".strip(),
+        parameter="database_url",
+        kind=ErrorKind.UNAVAILABLE,
+    )
+
+
+def _describe(conninfo: str) -> str:
+    """Where the URL points, without its password (for error messages and logs)."""
+    params = conninfo_to_dict(conninfo)
+    host = params.get("host") or "local socket"
+    return f"{params.get('user') or 'default user'}@{host}:{params.get('port') or 5432}/" \
+           f"{params.get('dbname') or 'default database'}"
+
+
+class PostgresJobStore:
+    """JobStore on a PostgreSQL database, shared by every process on every machine.
+
+    Args:
+        url: a libpq connection URL (``postgresql://user:password@host:port/dbname``) or
+            key=value string.
+        max_attempts: claims after which a job whose worker keeps dying ends with an error.
+        pool_size: most connections this process opens for store calls (the LISTEN connection
+            comes on top); callers beyond it wait for a free one.
+        wait_timeout: seconds a call waits for a usable connection (all busy, or the database
+            unreachable) before it fails with ``databaseUnavailable``.
+    """
+
+    def __init__(
+        self, url: str, *, max_attempts: int = 3, pool_size: int = 8, wait_timeout: float = 10.0
+    ) -> None:
+        params = {**_CONNECT_DEFAULTS, **conninfo_to_dict(url)}
+        self._conninfo = make_conninfo("", **params)
+        self._target = _describe(self._conninfo)
+        self.max_attempts = max_attempts
+        self._instance = uuid.uuid4().hex[:12]
+        self._listeners: list[Listener] = []
+        self._listeners_lock = threading.Lock()
+        self._listen_thread: _ListenThread | None = None
+        try:
+            # One plain connection first: a wrong URL fails here, at once and clearly, instead
+            # of as a pool timeout at the first request.
+            with psycopg.connect(self._conninfo, row_factory=dict_row) as conn:
+                self._migrate(conn)
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc, self._target) from exc
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=max(1, pool_size),
+            kwargs={"row_factory": dict_row},
+            timeout=wait_timeout,
+            # A connection the server dropped (restart, failover, idle timeout) is replaced when
+            # it is taken from the pool instead of failing the call that took it.
+            check=ConnectionPool.check_connection,
+            name="reelserve-jobs",
+            open=True,
+        )
+
+    # ------------------------------------------------------------------ connections
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Conn]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:  # connection lost, pool timeout, server down
+            raise _unavailable(exc, self._target) from exc
+
+    def _migrate(self, conn: Conn) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS reelserve_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM reelserve_schema").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO reelserve_schema (version) VALUES (0)")
+                version = 0
+            else:
+                version = int(row["version"])
+            if version > len(MIGRATIONS):
+                # Migrations only add tables and columns, so an older release can keep going
+                # during a rolling upgrade; it just does not use what the newer one added.
+                log.warning("job database schema %d is newer than this reelserve knows (%d)",
+                            version, len(MIGRATIONS))
+                return
+            for script in MIGRATIONS[version:]:
+                conn.execute(script)  # a literal script; no parameters
+            conn.execute("UPDATE reelserve_schema SET version = %s", (len(MIGRATIONS),))
+
+    def close(self) -> None:
+        """Stop listening and close every connection."""
+        thread, self._listen_thread = self._listen_thread, None
+        if thread is not None:
+            thread.stop()
+            # Wakes the listener at once instead of at its next poll.
+            with contextlib.suppress(ReelserveError), self._tx() as conn:
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{thread.instance}:"))
+            thread.join(5.0)
+        self._pool.close()
+
+    # ------------------------------------------------------------------ notification
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Register a listener called with the job id after each committed change.
+
+        Changes made through this store are reported from the writing thread; changes made by
+        other processes from the store's LISTEN thread, started by the first subscription.
+        """
+        with self._listeners_lock:
+            self._listeners.append(listener)
+            if self._listen_thread is None:
+                self._listen_thread = _ListenThread(self._conninfo, self._instance, self._notify)
+                self._listen_thread.start()
+
+        def unsubscribe() -> None:
+            with self._listeners_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self, job_id: str) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(job_id)
+
+    def _publish(self, conn: Conn, *job_ids: str) -> None:
+        """Tell other processes, at commit (NOTIFY is transactional), which jobs changed."""
+        conn.execute(
+            "SELECT pg_notify(%s, %s || ':' || j) FROM unnest(%s::text[]) AS j",
+            (CHANNEL, self._instance, list(job_ids)),
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with its results, or None."""
+        with self._tx() as conn:
+            row = conn.execute(f"SELECT {_JOB} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def get_by_task(self, owner: str, task_uuid: str) -> Job | None:
+        """The owner's job for a client task UUID, or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {_JOB} FROM jobs WHERE owner = %s AND task_uuid = %s", (owner, task_uuid)
+            ).fetchone()
+        return _job(row) if row else None
+
+    def list_jobs(
+        self, owner: str, *, origin: str | None = None, limit: int = 20, offset: int = 0,
+        after: str | None = None,
+    ) -> list[Job]:
+        """The owner's jobs newest first (optionally one origin), from ``offset`` or ``after``."""
+        where = ["owner = %s"]
+        args: list[Any] = [owner]
+        if origin is not None:
+            where.append("origin = %s")
+            args.append(origin)
+        with self._tx() as conn:
+            if after is not None:
+                row = conn.execute("SELECT created_at, id FROM jobs WHERE id = %s AND owner = %s",
+                                   (after, owner)).fetchone()
+                if row is None:
+                    return []
+                where.append("(created_at, id) < (%s, %s)")
+                args += [row["created_at"], row["id"]]
+            rows = conn.execute(
+                f"SELECT {_JOB} FROM jobs WHERE {' AND '.join(where)} "
+                "ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
+                (*args, max(0, limit), max(0, offset)),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def count_active(self, owner: str) -> int:
+        """How many of the owner's jobs are queued or running."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM jobs WHERE owner = %s AND status IN (%s, %s)",
+                (owner, JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+            ).fetchone()
+        return int(row["n"]) if row else 0
+
+    # ------------------------------------------------------------------ writes
+
+    def create(self, job: Job) -> Job:
+        """Insert a queued job; ConflictError when the owner reused a task UUID."""
+        try:
+            with self._tx() as conn:
+                row = conn.execute(
+                    "INSERT INTO jobs (id, owner, task_uuid, origin, origin_data, request, spec, "
+                    "model, status, created_at, updated_at) "
+                    f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW}, {_NOW}) "
+                    f"RETURNING {_JOB}",
+                    (job.id, job.owner, job.task_uuid, job.origin, json.dumps(job.origin_data),
+                     json.dumps(job.request), job.spec.model_dump_json(), job.spec.model,
+                     JobStatus.QUEUED.value),
+                ).fetchone()
+                _enqueue_status(conn, job.id, JobStatus.QUEUED)
+                self._publish(conn, job.id)
+        except psycopg.errors.UniqueViolation as exc:
+            raise ConflictError(
+                "conflictTaskUUID",
+                f"taskUUID {job.task_uuid!r} was already used by this API key; send a new UUID "
+                "for a new task, or poll the existing one with getResponse",
+                parameter="taskUUID",
+            ) from exc
+        self._notify(job.id)
+        assert row is not None
+        return _job(row)
+
+    def claim(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        *,
+        prefer_models: Collection[str] = (),
+        prefer_max_wait: float = 30.0,
+    ) -> Job | None:
+        """Take the next runnable job (see :meth:`JobStore.claim` for the order), or None."""
+        ended: list[str] = []
+        claimed: DictRow | None = None
+        prefer = sorted(set(prefer_models))
+        with self._tx() as conn:
+            while True:
+                row = self._next_runnable(conn, prefer, prefer_max_wait)
+                if row is None:
+                    break
+                job_id = row["id"]
+                if row["status"] == JobStatus.RUNNING.value and row["cancel_requested"]:
+                    # Cancelled while its worker was gone: nothing left to run.
+                    conn.execute(
+                        "UPDATE jobs SET status = %s, lease_owner = NULL, lease_expires = NULL, "
+                        f"updated_at = {_NOW} WHERE id = %s",
+                        (JobStatus.CANCELLED.value, job_id),
+                    )
+                    _enqueue_deliveries(conn, job_id, None)
+                    _enqueue_status(conn, job_id, JobStatus.CANCELLED)
+                    ended.append(job_id)
+                    continue
+                if row["status"] == JobStatus.RUNNING.value and row["attempts"] >= self.max_attempts:
+                    # Its worker died max_attempts times: end it instead of crashing another one.
+                    error = {
+                        "code": "workerLost",
+                        "message": f"the worker running this task stopped {row['attempts']} times "
+                        f"(max_attempts={self.max_attempts}); the task was abandoned",
+                        "kind": "internal",
+                    }
+                    conn.execute(
+                        "UPDATE jobs SET status = %s, error = %s, lease_owner = NULL, "
+                        f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s",
+                        (JobStatus.FAILED.value, json.dumps(error), job_id),
+                    )
+                    _enqueue_deliveries(conn, job_id, None)
+                    _enqueue_status(conn, job_id, JobStatus.FAILED)
+                    ended.append(job_id)
+                    continue
+                claimed = conn.execute(
+                    "UPDATE jobs SET status = %s, attempts = attempts + 1, lease_owner = %s, "
+                    f"lease_expires = {_NOW} + %s, updated_at = {_NOW} WHERE id = %s "
+                    f"RETURNING {_JOB}",
+                    (JobStatus.RUNNING.value, worker_id, lease_seconds, job_id),
+                ).fetchone()
+                # A re-claim after a lost worker adds nothing: the receiver heard "running".
+                _enqueue_status(conn, job_id, JobStatus.RUNNING)
+                break
+            changed = ended + ([claimed["id"]] if claimed is not None else [])
+            if changed:
+                self._publish(conn, *changed)
+        for job_id in changed:
+            self._notify(job_id)
+        return _job(claimed) if claimed is not None else None
+
+    def _next_runnable(self, conn: Conn, prefer: list[str], max_wait: float) -> DictRow | None:
+        """Lock the job a claim takes next: the oldest runnable one, unless it waited less than
+        ``max_wait`` and a job for a ``prefer`` model is runnable, which then goes first.
+
+        ``SKIP LOCKED`` passes over rows another claim is deciding on right now, so concurrent
+        claims each get a different job without queueing behind one another.
+        """
+        columns = (f"SELECT id, model, status, attempts, cancel_requested, "
+                   f"created_at <= {_NOW} - %s AS waited FROM jobs")
+        oldest: DictRow | None = conn.execute(
+            f"{columns} WHERE {_RUNNABLE} ORDER BY created_at LIMIT 1 "
+            "FOR UPDATE SKIP LOCKED",
+            (max_wait,),
+        ).fetchone()
+        if oldest is None or not prefer or oldest["model"] in prefer or oldest["waited"]:
+            return oldest
+        # "status IN" lets the index seek (model, status) pairs instead of scanning every job
+        # the model ever had; the runnable condition then keeps running jobs with expired leases.
+        preferred: DictRow | None = conn.execute(
+            f"{columns} WHERE model = ANY(%s) AND status IN ('queued', 'running') "
+            f"AND {_RUNNABLE} ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+            (max_wait, prefer),
+        ).fetchone()
+        return preferred if preferred is not None else oldest
+
+    def _owns(self, conn: Conn, job_id: str, worker_id: str) -> DictRow | None:
+        """The job's row, locked for this transaction, when ``worker_id`` holds its lease."""
+        row: DictRow | None = conn.execute(
+            "SELECT status, cancel_requested, attempts FROM jobs "
+            "WHERE id = %s AND lease_owner = %s AND status = %s FOR UPDATE",
+            (job_id, worker_id, JobStatus.RUNNING.value),
+        ).fetchone()
+        return row
+
+    def heartbeat(
+        self, job_id: str, worker_id: str, lease_seconds: float, progress: float | None = None
+    ) -> Heartbeat:
+        """Renew the lease; store progress when given."""
+        with self._tx() as conn:
+            if progress is None:
+                row = conn.execute(
+                    f"UPDATE jobs SET lease_expires = {_NOW} + %s "
+                    "WHERE id = %s AND lease_owner = %s AND status = %s RETURNING cancel_requested",
+                    (lease_seconds, job_id, worker_id, JobStatus.RUNNING.value),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    f"UPDATE jobs SET lease_expires = {_NOW} + %s, progress = %s, "
+                    f"updated_at = {_NOW} WHERE id = %s AND lease_owner = %s AND status = %s "
+                    "RETURNING cancel_requested",
+                    (lease_seconds, max(0.0, min(100.0, progress)), job_id, worker_id,
+                     JobStatus.RUNNING.value),
+                ).fetchone()
+        if row is None:
+            return Heartbeat(owned=False, cancel_requested=False)
+        if progress is not None:
+            self._notify(job_id)  # in-process only: see the module docstring
+        return Heartbeat(owned=True, cancel_requested=bool(row["cancel_requested"]))
+
+    def add_result(self, job_id: str, worker_id: str, result: Result) -> bool:
+        """Record one result (idempotent per index)."""
+        with self._tx() as conn:
+            if self._owns(conn, job_id, worker_id) is None:
+                return False
+            inserted = conn.execute(
+                "INSERT INTO results (job_id, idx, data, created_at) "
+                f"VALUES (%s, %s, %s, {_NOW}) ON CONFLICT (job_id, idx) DO NOTHING",
+                (job_id, result.index, result.model_dump_json()),
+            ).rowcount
+            if inserted:
+                _enqueue_deliveries(conn, job_id, result.index)
+            conn.execute(f"UPDATE jobs SET updated_at = {_NOW} WHERE id = %s", (job_id,))
+            self._publish(conn, job_id)
+        self._notify(job_id)
+        return True
+
+    def finish(self, job_id: str, worker_id: str, cost: float | None = None) -> bool:
+        """Mark succeeded (progress 100)."""
+        with self._tx() as conn:
+            if self._owns(conn, job_id, worker_id) is None:
+                return False
+            conn.execute(
+                "UPDATE jobs SET status = %s, progress = 100, cost = %s, lease_owner = NULL, "
+                f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s",
+                (JobStatus.SUCCEEDED.value, cost, job_id),
+            )
+            _enqueue_status(conn, job_id, JobStatus.SUCCEEDED)
+            self._publish(conn, job_id)
+        self._notify(job_id)
+        return True
+
+    def fail(
+        self, job_id: str, worker_id: str, error: dict[str, Any], *, retry: bool = False
+    ) -> Job | None:
+        """End the job with an error, requeue it (retry with attempts left), or cancel it."""
+        with self._tx() as conn:
+            row = self._owns(conn, job_id, worker_id)
+            if row is None:
+                return None
+            if row["cancel_requested"]:
+                status = JobStatus.CANCELLED
+            elif retry and row["attempts"] < self.max_attempts:
+                status = JobStatus.QUEUED
+            else:
+                status = JobStatus.FAILED
+            updated = conn.execute(
+                "UPDATE jobs SET status = %s, error = %s, lease_owner = NULL, "
+                f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s RETURNING {_JOB}",
+                (status.value, None if status is JobStatus.QUEUED else json.dumps(error), job_id),
+            ).fetchone()
+            if status is not JobStatus.QUEUED:
+                _enqueue_deliveries(conn, job_id, None)
+                _enqueue_status(conn, job_id, status)
+            self._publish(conn, job_id)
+        self._notify(job_id)
+        return _job(updated) if updated is not None else None
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued job now, flag a running one."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT status FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            status = JobStatus(row["status"])
+            if status is JobStatus.QUEUED:
+                error = {"code": "taskCancelled", "message": "the task was cancelled before it "
+                         "started", "kind": "invalid"}
+                conn.execute(
+                    "UPDATE jobs SET status = %s, cancel_requested = TRUE, error = %s, "
+                    f"updated_at = {_NOW} WHERE id = %s",
+                    (JobStatus.CANCELLED.value, json.dumps(error), job_id),
+                )
+                _enqueue_deliveries(conn, job_id, None)
+                _enqueue_status(conn, job_id, JobStatus.CANCELLED)
+            elif status is JobStatus.RUNNING:
+                conn.execute(
+                    f"UPDATE jobs SET cancel_requested = TRUE, updated_at = {_NOW} WHERE id = %s",
+                    (job_id,),
+                )
+            current = conn.execute(f"SELECT {_JOB} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            self._publish(conn, job_id)
+        self._notify(job_id)
+        return _job(current) if current is not None else None
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a job with its results and deliveries (a running worker loses its lease)."""
+        with self._tx() as conn:
+            deleted = conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,)).rowcount > 0
+            if deleted:
+                self._publish(conn, job_id)
+        if deleted:
+            self._notify(job_id)
+        return deleted
+
+    def take_undelivered(self, job_id: str) -> list[Result]:
+        """Return undelivered results and mark them delivered, atomically."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "UPDATE results SET delivered = TRUE WHERE job_id = %s AND NOT delivered "
+                "RETURNING idx, data",
+                (job_id,),
+            ).fetchall()
+        return [Result.model_validate_json(r["data"]) for r in sorted(rows, key=lambda r: r["idx"])]
+
+    # ------------------------------------------------------------------ delivery outbox
+
+    def claim_deliveries(
+        self, worker_id: str, lease_seconds: float, limit: int = 16
+    ) -> list[DeliveryRecord]:
+        """Lease up to ``limit`` pending deliveries that are due (status rows of a job in order)."""
+        with self._tx() as conn:
+            # A status row waits while an earlier one of its job (smaller seq) is pending, so a
+            # receiver never hears "succeed" before "processing". SKIP LOCKED lets dispatchers
+            # on other machines lease other rows meanwhile.
+            rows = conn.execute(
+                "WITH due AS (SELECT d.id FROM deliveries d WHERE d.state = 'pending' AND "
+                f"d.next_at <= {_NOW} AND (d.lease_expires IS NULL OR d.lease_expires < {_NOW}) "
+                "AND NOT (d.kind = 'status' AND EXISTS (SELECT 1 FROM deliveries e "
+                "WHERE e.job_id = d.job_id AND e.kind = 'status' AND e.state = 'pending' "
+                "AND e.seq < d.seq)) ORDER BY d.next_at, d.seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"UPDATE deliveries SET lease_owner = %s, lease_expires = {_NOW} + %s "
+                "FROM due WHERE deliveries.id = due.id RETURNING deliveries.*",
+                (limit, worker_id, lease_seconds),
+            ).fetchall()
+        return [_delivery(r) for r in sorted(rows, key=lambda r: (r["next_at"], r["seq"]))]
+
+    def record_delivery(
+        self,
+        delivery_id: str,
+        worker_id: str,
+        attempt: dict[str, Any],
+        *,
+        state: str,
+        next_at: float | None = None,
+    ) -> bool:
+        """Record one attempt, set the new state and release the lease."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT job_id, history FROM deliveries WHERE id = %s AND lease_owner = %s "
+                "FOR UPDATE",
+                (delivery_id, worker_id),
+            ).fetchone()
+            if row is None:
+                return False
+            history = json.loads(row["history"])
+            history.append(attempt)
+            conn.execute(
+                "UPDATE deliveries SET state = %s, attempts = attempts + 1, "
+                "next_at = COALESCE(%s, next_at), last_status = %s, last_error = %s, "
+                f"history = %s, lease_owner = NULL, lease_expires = NULL, updated_at = {_NOW} "
+                "WHERE id = %s",
+                (state, next_at, attempt.get("status"), attempt.get("error"),
+                 json.dumps(history[-20:]), delivery_id),
+            )
+            job_id: str = row["job_id"]
+            self._publish(conn, job_id)
+        self._notify(job_id)
+        return True
+
+    def deliveries(self, job_id: str) -> list[DeliveryRecord]:
+        """Every delivery of a job, in creation order."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT * FROM deliveries WHERE job_id = %s ORDER BY created_at, seq", (job_id,)
+            ).fetchall()
+        return [_delivery(r) for r in rows]
+
+    # ------------------------------------------------------------------ expiry
+
+    def expired_outputs(
+        self, now: float, default_ttl: float, limit: int = 200
+    ) -> list[tuple[str, Result]]:
+        """Results whose URL lifetime (task ttl, else ``default_ttl``) ended before ``now``."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT r.job_id, r.data FROM results r JOIN jobs j ON j.id = r.job_id "
+                "WHERE r.expired_at IS NULL AND "
+                "r.created_at + COALESCE((j.spec::jsonb ->> 'ttl')::float8, %s) <= %s "
+                "ORDER BY r.created_at LIMIT %s",
+                (default_ttl, now, limit),
+            ).fetchall()
+        return [(r["job_id"], Result.model_validate_json(r["data"])) for r in rows]
+
+    def mark_expired(self, job_id: str, index: int) -> None:
+        """Note that a result's file was removed (it is not offered to the sweeper again)."""
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE results SET expired_at = {_NOW} WHERE job_id = %s AND idx = %s",
+                (job_id, index),
+            )
+
+
+class _ListenThread(threading.Thread):
+    """LISTENs on :data:`CHANNEL` and reports other processes' changes to ``deliver``.
+
+    Reconnects with backoff when the connection drops; what changed meanwhile is found by the
+    readers' polls, so nothing is replayed.
+    """
+
+    _POLL = 1.0  # how often the stop flag is checked while no notification arrives
+    _PING = 30.0  # idle seconds after which the connection is checked with a query
+
+    def __init__(self, conninfo: str, instance: str, deliver: Callable[[str], None]) -> None:
+        super().__init__(name="reelserve-pg-listen", daemon=True)
+        self.conninfo = make_conninfo(conninfo, application_name="reelserve-listen")
+        self.instance = instance
+        self.deliver = deliver
+        self._stop_event = threading.Event()
+        self.connected = threading.Event()
+        """Set while LISTEN is in place (tests wait for it)."""
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self._stop_event.is_set():
+            try:
+                self._listen()
+                backoff = 0.5
+            except psycopg.Error as exc:
+                self.connected.clear()
+                if self._stop_event.is_set():
+                    return
+                log.warning("job change notifications interrupted (%s); reconnecting in %.1f s",
+                            exc, backoff)
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            except Exception:  # a listener's bug must not end notifications for good
+                log.exception("job change listener failed")
+                self._stop_event.wait(1.0)
+
+    def _listen(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            self.connected.set()
+            idle_since = time.monotonic()
+            while not self._stop_event.is_set():
+                for note in conn.notifies(timeout=self._POLL):
+                    idle_since = time.monotonic()
+                    instance, _, job_id = note.payload.partition(":")
+                    if self._stop_event.is_set():
+                        break
+                    if instance != self.instance and job_id:
+                        self.deliver(job_id)
+                if time.monotonic() - idle_since > self._PING:
+                    conn.execute("SELECT 1")  # raises if the server went away silently
+                    idle_since = time.monotonic()
+            self.connected.clear()
+
+
+def _job(row: DictRow) -> Job:
+    return Job(
+        id=row["id"],
+        owner=row["owner"],
+        task_uuid=row["task_uuid"],
+        origin=row["origin"],
+        origin_data=json.loads(row["origin_data"]),
+        request=json.loads(row["request"]),
+        spec=GenerationSpec.model_validate_json(row["spec"]),
+        status=JobStatus(row["status"]),
+        progress=row["progress"],
+        attempts=row["attempts"],
+        cancel_requested=row["cancel_requested"],
+        error=json.loads(row["error"]) if row["error"] else None,
+        results=[Result.model_validate_json(data) for data in row["results"]],
+        cost=row["cost"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _enqueue_deliveries(conn: Conn, job_id: str, index: int | None) -> None:
+    """Add outbox rows for a new result (``index``) or the job's failure (``None``).
+
+    Runs inside the caller's transaction, so a recorded result always has its deliveries. Ids are
+    deterministic (``job:kind:index``), which makes a repeated call a no-op.
+    """
+    ref = "error" if index is None else str(index)
+    conn.execute(
+        "INSERT INTO deliveries (id, job_id, kind, url, result_index, next_at, created_at, "
+        "updated_at) "
+        f"SELECT j.id || ':' || t.kind || ':' || %s, j.id, t.kind, t.url, %s::int, {_NOW}, "
+        f"{_NOW}, {_NOW} FROM jobs j CROSS JOIN LATERAL (VALUES "
+        "(1, 'webhook', j.spec::jsonb #>> '{delivery,webhook_url}'), "
+        "(2, 'upload', CASE WHEN %s::int IS NULL THEN NULL "
+        "ELSE j.spec::jsonb #>> '{delivery,upload_endpoint}' END)) AS t(n, kind, url) "
+        "WHERE j.id = %s AND t.url <> '' ORDER BY t.n ON CONFLICT (id) DO NOTHING",
+        (ref, index, index, job_id),
+    )
+
+
+def _enqueue_status(conn: Conn, job_id: str, status: JobStatus) -> None:
+    """Add the status-change row of a job that asks for one (``spec.delivery.status_url``).
+
+    Runs inside the caller's transaction, so the change and its delivery commit together. The id
+    ``job:status:<status>`` makes a repeat (a job claimed again after its worker died, a retry
+    that queues it again) a no-op: a receiver hears each status of a job once.
+    """
+    conn.execute(
+        "INSERT INTO deliveries (id, job_id, kind, url, event, next_at, created_at, updated_at) "
+        f"SELECT id || ':status:' || %s, id, 'status', u.url, %s, {_NOW}, {_NOW}, {_NOW} "
+        "FROM jobs CROSS JOIN LATERAL "
+        "(SELECT spec::jsonb #>> '{delivery,status_url}' AS url) AS u "
+        "WHERE id = %s AND u.url <> '' ON CONFLICT (id) DO NOTHING",
+        (status.value, status.value, job_id),
+    )
+
+
+def _delivery(row: DictRow) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row["id"],
+        job_id=row["job_id"],
+        kind=row["kind"],
+        url=row["url"],
+        result_index=row["result_index"],
+        state=row["state"],
+        attempts=row["attempts"],
+        next_at=row["next_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        history=tuple(json.loads(row["history"])),
+        event=row["event"],
+    )
