@@ -199,7 +199,7 @@ class PostgresJobStore:
             # of as a pool timeout at the first request.
             with psycopg.connect(self._conninfo, row_factory=dict_row) as conn:
                 self._migrate(conn)
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:  # unreachable, bad password, no right to create tables
             raise _unavailable(exc, self._target) from exc
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             self._conninfo,
