@@ -149,10 +149,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pydantic import ValidationError as SettingsError
+
+    from reelserve.errors import ReelserveError
+
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except ReelserveError as exc:
+        # A refusal at start (bad profile, unreachable database, ...): its message says what to
+        # fix, so print it alone instead of a traceback.
+        print(f"reelserve: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"reelserve: invalid setting: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

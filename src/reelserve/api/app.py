@@ -185,6 +185,7 @@ def create_app(
             await run_in_threadpool(sweeper.stop, 5.0)
             if executor is not None:
                 await run_in_threadpool(executor.stop, 5.0)
+            await run_in_threadpool(services.store.close)
 
     app = FastAPI(title="reelserve", version=reelserve.__version__, lifespan=lifespan)
     app.state.services = services

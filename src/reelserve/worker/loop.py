@@ -425,3 +425,4 @@ def run_standalone(settings: Settings, stop: threading.Event | None = None) -> N
             pass
     finally:
         executor.stop()
+        executor.store.close()  # the executor opened it (from_settings), so it closes it
