@@ -35,12 +35,11 @@ race.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -49,9 +48,29 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from reelserve.errors import ConflictError, ErrorKind, ReelserveError
-from reelserve.jobs.store import DeliveryRecord, Heartbeat, Listener
-from reelserve.tasks import GenerationSpec, Job, JobStatus, Result
+from reelserve.errors import ErrorKind, ReelserveError
+from reelserve.jobs.rows import (
+    JOB_COLUMNS,
+    DeliveryTargets,
+    NewDelivery,
+    attempt_columns,
+    cancel_queued,
+    claim_preference,
+    clamp_progress,
+    delivery_from_row,
+    fail_outcome,
+    job_from_row,
+    new_job_values,
+    page_bounds,
+    result_deliveries,
+    result_from_row,
+    stale_outcome,
+    status_deliveries,
+    takes_oldest,
+    task_uuid_conflict,
+)
+from reelserve.jobs.store import DeliveryRecord, Heartbeat, JobStore, Listener, Listeners
+from reelserve.tasks import Job, JobStatus, Result
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +155,15 @@ _RUNNABLE = f"(status = 'queued' OR (status = 'running' AND lease_expires < {_NO
 
 # A job row with its results (one statement, so both come from the same snapshot).
 _JOB = (
-    "id, owner, task_uuid, origin, origin_data, request, spec, status, progress, attempts, "
-    "cancel_requested, error, cost, created_at, updated_at, "
+    f"{JOB_COLUMNS}, "
     "ARRAY(SELECT r.data FROM results r WHERE r.job_id = jobs.id ORDER BY r.idx) AS results"
+)
+
+# Where a job's deliveries go, read from its stored spec (see DeliveryTargets.from_row).
+_TARGETS = (
+    "spec::jsonb #>> '{delivery,webhook_url}' AS webhook_url, "
+    "spec::jsonb #>> '{delivery,upload_endpoint}' AS upload_endpoint, "
+    "spec::jsonb #>> '{delivery,status_url}' AS status_url"
 )
 
 # Connection settings used unless the URL sets them: fail fast when the server is unreachable,
@@ -170,8 +195,11 @@ def _describe(conninfo: str) -> str:
            f"{params.get('dbname') or 'default database'}"
 
 
-class PostgresJobStore:
+class PostgresJobStore(JobStore):
     """JobStore on a PostgreSQL database, shared by every process on every machine.
+
+    Methods without a docstring of their own do what :class:`~reelserve.jobs.store.JobStore`
+    documents.
 
     Args:
         url: a libpq connection URL (``postgresql://user:password@host:port/dbname``) or
@@ -191,8 +219,8 @@ class PostgresJobStore:
         self._target = _describe(self._conninfo)
         self.max_attempts = max_attempts
         self._instance = uuid.uuid4().hex[:12]
-        self._listeners: list[Listener] = []
-        self._listeners_lock = threading.Lock()
+        self._listeners = Listeners()
+        self._listen_lock = threading.Lock()
         self._listen_thread: _ListenThread | None = None
         try:
             # One plain connection first: a wrong URL fails here, at once and clearly, instead
@@ -264,24 +292,14 @@ class PostgresJobStore:
         Changes made through this store are reported from the writing thread; changes made by
         other processes from the store's LISTEN thread, started by the first subscription.
         """
-        with self._listeners_lock:
-            self._listeners.append(listener)
+        unsubscribe = self._listeners.add(listener)
+        with self._listen_lock:
             if self._listen_thread is None:
-                self._listen_thread = _ListenThread(self._conninfo, self._instance, self._notify)
+                self._listen_thread = _ListenThread(
+                    self._conninfo, self._instance, self._listeners.notify
+                )
                 self._listen_thread.start()
-
-        def unsubscribe() -> None:
-            with self._listeners_lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
         return unsubscribe
-
-    def _notify(self, job_id: str) -> None:
-        with self._listeners_lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(job_id)
 
     def _publish(self, conn: Conn, *job_ids: str) -> None:
         """Tell other processes, at commit (NOTIFY is transactional), which jobs changed."""
@@ -293,13 +311,11 @@ class PostgresJobStore:
     # ------------------------------------------------------------------ reads
 
     def get(self, job_id: str) -> Job | None:
-        """The job with its results, or None."""
         with self._tx() as conn:
             row = conn.execute(f"SELECT {_JOB} FROM jobs WHERE id = %s", (job_id,)).fetchone()
         return _job(row) if row else None
 
     def get_by_task(self, owner: str, task_uuid: str) -> Job | None:
-        """The owner's job for a client task UUID, or None."""
         with self._tx() as conn:
             row = conn.execute(
                 f"SELECT {_JOB} FROM jobs WHERE owner = %s AND task_uuid = %s", (owner, task_uuid)
@@ -310,7 +326,6 @@ class PostgresJobStore:
         self, owner: str, *, origin: str | None = None, limit: int = 20, offset: int = 0,
         after: str | None = None,
     ) -> list[Job]:
-        """The owner's jobs newest first (optionally one origin), from ``offset`` or ``after``."""
         where = ["owner = %s"]
         args: list[Any] = [owner]
         if origin is not None:
@@ -327,12 +342,11 @@ class PostgresJobStore:
             rows = conn.execute(
                 f"SELECT {_JOB} FROM jobs WHERE {' AND '.join(where)} "
                 "ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
-                (*args, max(0, limit), max(0, offset)),
+                (*args, *page_bounds(limit, offset)),
             ).fetchall()
         return [_job(row) for row in rows]
 
     def count_active(self, owner: str) -> int:
-        """How many of the owner's jobs are queued or running."""
         with self._tx() as conn:
             row = conn.execute(
                 "SELECT count(*) AS n FROM jobs WHERE owner = %s AND status IN (%s, %s)",
@@ -343,7 +357,6 @@ class PostgresJobStore:
     # ------------------------------------------------------------------ writes
 
     def create(self, job: Job) -> Job:
-        """Insert a queued job; ConflictError when the owner reused a task UUID."""
         try:
             with self._tx() as conn:
                 row = conn.execute(
@@ -351,20 +364,14 @@ class PostgresJobStore:
                     "model, status, created_at, updated_at) "
                     f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW}, {_NOW}) "
                     f"RETURNING {_JOB}",
-                    (job.id, job.owner, job.task_uuid, job.origin, json.dumps(job.origin_data),
-                     json.dumps(job.request), job.spec.model_dump_json(), job.spec.model,
-                     JobStatus.QUEUED.value),
+                    new_job_values(job),
                 ).fetchone()
-                _enqueue_status(conn, job.id, JobStatus.QUEUED)
+                targets = DeliveryTargets.of(job.spec)
+                _add_deliveries(conn, status_deliveries(job.id, targets, JobStatus.QUEUED))
                 self._publish(conn, job.id)
         except psycopg.errors.UniqueViolation as exc:
-            raise ConflictError(
-                "conflictTaskUUID",
-                f"taskUUID {job.task_uuid!r} was already used by this API key; send a new UUID "
-                "for a new task, or poll the existing one with getResponse",
-                parameter="taskUUID",
-            ) from exc
-        self._notify(job.id)
+            raise task_uuid_conflict(job) from exc
+        self._listeners.notify(job.id)
         assert row is not None
         return _job(row)
 
@@ -376,58 +383,35 @@ class PostgresJobStore:
         prefer_models: Collection[str] = (),
         prefer_max_wait: float = 30.0,
     ) -> Job | None:
-        """Take the next runnable job (see :meth:`JobStore.claim` for the order), or None."""
         ended: list[str] = []
         claimed: DictRow | None = None
-        prefer = sorted(set(prefer_models))
+        prefer = claim_preference(prefer_models)
         with self._tx() as conn:
-            while True:
-                row = self._next_runnable(conn, prefer, prefer_max_wait)
-                if row is None:
+            while (row := self._next_runnable(conn, prefer, prefer_max_wait)) is not None:
+                outcome = stale_outcome(row, self.max_attempts)
+                if outcome is None:
                     break
-                job_id = row["id"]
-                if row["status"] == JobStatus.RUNNING.value and row["cancel_requested"]:
-                    # Cancelled while its worker was gone: nothing left to run.
-                    conn.execute(
-                        "UPDATE jobs SET status = %s, lease_owner = NULL, lease_expires = NULL, "
-                        f"updated_at = {_NOW} WHERE id = %s",
-                        (JobStatus.CANCELLED.value, job_id),
-                    )
-                    _enqueue_deliveries(conn, job_id, None)
-                    _enqueue_status(conn, job_id, JobStatus.CANCELLED)
-                    ended.append(job_id)
-                    continue
-                if row["status"] == JobStatus.RUNNING.value and row["attempts"] >= self.max_attempts:
-                    # Its worker died max_attempts times: end it instead of crashing another one.
-                    error = {
-                        "code": "workerLost",
-                        "message": f"the worker running this task stopped {row['attempts']} times "
-                        f"(max_attempts={self.max_attempts}); the task was abandoned",
-                        "kind": "internal",
-                    }
-                    conn.execute(
-                        "UPDATE jobs SET status = %s, error = %s, lease_owner = NULL, "
-                        f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s",
-                        (JobStatus.FAILED.value, json.dumps(error), job_id),
-                    )
-                    _enqueue_deliveries(conn, job_id, None)
-                    _enqueue_status(conn, job_id, JobStatus.FAILED)
-                    ended.append(job_id)
-                    continue
+                conn.execute(
+                    "UPDATE jobs SET status = %s, error = COALESCE(%s, error), lease_owner = NULL, "
+                    f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s",
+                    (outcome.status.value, outcome.error, row["id"]),
+                )
+                _add_deliveries(conn, outcome.deliveries)
+                ended.append(row["id"])
+            if row is not None:
                 claimed = conn.execute(
                     "UPDATE jobs SET status = %s, attempts = attempts + 1, lease_owner = %s, "
                     f"lease_expires = {_NOW} + %s, updated_at = {_NOW} WHERE id = %s "
                     f"RETURNING {_JOB}",
-                    (JobStatus.RUNNING.value, worker_id, lease_seconds, job_id),
+                    (JobStatus.RUNNING.value, worker_id, lease_seconds, row["id"]),
                 ).fetchone()
-                # A re-claim after a lost worker adds nothing: the receiver heard "running".
-                _enqueue_status(conn, job_id, JobStatus.RUNNING)
-                break
+                targets = DeliveryTargets.from_row(row)
+                _add_deliveries(conn, status_deliveries(row["id"], targets, JobStatus.RUNNING))
             changed = ended + ([claimed["id"]] if claimed is not None else [])
             if changed:
                 self._publish(conn, *changed)
         for job_id in changed:
-            self._notify(job_id)
+            self._listeners.notify(job_id)
         return _job(claimed) if claimed is not None else None
 
     def _next_runnable(self, conn: Conn, prefer: list[str], max_wait: float) -> DictRow | None:
@@ -437,14 +421,14 @@ class PostgresJobStore:
         ``SKIP LOCKED`` passes over rows another claim is deciding on right now, so concurrent
         claims each get a different job without queueing behind one another.
         """
-        columns = (f"SELECT id, model, status, attempts, cancel_requested, "
+        columns = (f"SELECT id, model, status, attempts, cancel_requested, {_TARGETS}, "
                    f"created_at <= {_NOW} - %s AS waited FROM jobs")
         oldest: DictRow | None = conn.execute(
             f"{columns} WHERE {_RUNNABLE} ORDER BY created_at LIMIT 1 "
             "FOR UPDATE SKIP LOCKED",
             (max_wait,),
         ).fetchone()
-        if oldest is None or not prefer or oldest["model"] in prefer or oldest["waited"]:
+        if oldest is None or takes_oldest(oldest, prefer, oldest["waited"]):
             return oldest
         # "status IN" lets the index seek (model, status) pairs instead of scanning every job
         # the model ever had; the runnable condition then keeps running jobs with expired leases.
@@ -456,9 +440,10 @@ class PostgresJobStore:
         return preferred if preferred is not None else oldest
 
     def _owns(self, conn: Conn, job_id: str, worker_id: str) -> DictRow | None:
-        """The job's row, locked for this transaction, when ``worker_id`` holds its lease."""
+        """The job's row (with its delivery targets), locked for this transaction, when
+        ``worker_id`` holds its lease."""
         row: DictRow | None = conn.execute(
-            "SELECT status, cancel_requested, attempts FROM jobs "
+            f"SELECT status, cancel_requested, attempts, {_TARGETS} FROM jobs "
             "WHERE id = %s AND lease_owner = %s AND status = %s FOR UPDATE",
             (job_id, worker_id, JobStatus.RUNNING.value),
         ).fetchone()
@@ -467,7 +452,6 @@ class PostgresJobStore:
     def heartbeat(
         self, job_id: str, worker_id: str, lease_seconds: float, progress: float | None = None
     ) -> Heartbeat:
-        """Renew the lease; store progress when given."""
         with self._tx() as conn:
             if progress is None:
                 row = conn.execute(
@@ -480,19 +464,19 @@ class PostgresJobStore:
                     f"UPDATE jobs SET lease_expires = {_NOW} + %s, progress = %s, "
                     f"updated_at = {_NOW} WHERE id = %s AND lease_owner = %s AND status = %s "
                     "RETURNING cancel_requested",
-                    (lease_seconds, max(0.0, min(100.0, progress)), job_id, worker_id,
+                    (lease_seconds, clamp_progress(progress), job_id, worker_id,
                      JobStatus.RUNNING.value),
                 ).fetchone()
         if row is None:
             return Heartbeat(owned=False, cancel_requested=False)
         if progress is not None:
-            self._notify(job_id)  # in-process only: see the module docstring
+            self._listeners.notify(job_id)  # in-process only: see the module docstring
         return Heartbeat(owned=True, cancel_requested=bool(row["cancel_requested"]))
 
     def add_result(self, job_id: str, worker_id: str, result: Result) -> bool:
-        """Record one result (idempotent per index)."""
         with self._tx() as conn:
-            if self._owns(conn, job_id, worker_id) is None:
+            row = self._owns(conn, job_id, worker_id)
+            if row is None:
                 return False
             inserted = conn.execute(
                 "INSERT INTO results (job_id, idx, data, created_at) "
@@ -500,72 +484,63 @@ class PostgresJobStore:
                 (job_id, result.index, result.model_dump_json()),
             ).rowcount
             if inserted:
-                _enqueue_deliveries(conn, job_id, result.index)
+                targets = DeliveryTargets.from_row(row)
+                _add_deliveries(conn, result_deliveries(job_id, targets, result.index))
             conn.execute(f"UPDATE jobs SET updated_at = {_NOW} WHERE id = %s", (job_id,))
             self._publish(conn, job_id)
-        self._notify(job_id)
+        self._listeners.notify(job_id)
         return True
 
     def finish(self, job_id: str, worker_id: str, cost: float | None = None) -> bool:
-        """Mark succeeded (progress 100)."""
         with self._tx() as conn:
-            if self._owns(conn, job_id, worker_id) is None:
+            row = self._owns(conn, job_id, worker_id)
+            if row is None:
                 return False
             conn.execute(
                 "UPDATE jobs SET status = %s, progress = 100, cost = %s, lease_owner = NULL, "
                 f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s",
                 (JobStatus.SUCCEEDED.value, cost, job_id),
             )
-            _enqueue_status(conn, job_id, JobStatus.SUCCEEDED)
+            targets = DeliveryTargets.from_row(row)
+            _add_deliveries(conn, status_deliveries(job_id, targets, JobStatus.SUCCEEDED))
             self._publish(conn, job_id)
-        self._notify(job_id)
+        self._listeners.notify(job_id)
         return True
 
     def fail(
         self, job_id: str, worker_id: str, error: dict[str, Any], *, retry: bool = False
     ) -> Job | None:
-        """End the job with an error, requeue it (retry with attempts left), or cancel it."""
         with self._tx() as conn:
             row = self._owns(conn, job_id, worker_id)
             if row is None:
                 return None
-            if row["cancel_requested"]:
-                status = JobStatus.CANCELLED
-            elif retry and row["attempts"] < self.max_attempts:
-                status = JobStatus.QUEUED
-            else:
-                status = JobStatus.FAILED
+            outcome = fail_outcome(job_id, row, error, retry=retry, max_attempts=self.max_attempts)
             updated = conn.execute(
                 "UPDATE jobs SET status = %s, error = %s, lease_owner = NULL, "
                 f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s RETURNING {_JOB}",
-                (status.value, None if status is JobStatus.QUEUED else json.dumps(error), job_id),
+                (outcome.status.value, outcome.error, job_id),
             ).fetchone()
-            if status is not JobStatus.QUEUED:
-                _enqueue_deliveries(conn, job_id, None)
-                _enqueue_status(conn, job_id, status)
+            _add_deliveries(conn, outcome.deliveries)
             self._publish(conn, job_id)
-        self._notify(job_id)
+        self._listeners.notify(job_id)
         return _job(updated) if updated is not None else None
 
     def request_cancel(self, job_id: str) -> Job | None:
-        """Cancel a queued job now, flag a running one."""
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT status FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+                f"SELECT status, {_TARGETS} FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
             ).fetchone()
             if row is None:
                 return None
             status = JobStatus(row["status"])
             if status is JobStatus.QUEUED:
-                error = {"code": "taskCancelled", "message": "the task was cancelled before it "
-                         "started", "kind": "invalid"}
+                outcome = cancel_queued(job_id, row)
                 conn.execute(
                     "UPDATE jobs SET status = %s, cancel_requested = TRUE, error = %s, "
                     f"updated_at = {_NOW} WHERE id = %s",
-                    (JobStatus.CANCELLED.value, json.dumps(error), job_id),
+                    (outcome.status.value, outcome.error, job_id),
                 )
-                _enqueue_deliveries(conn, job_id, None)
-                _enqueue_status(conn, job_id, JobStatus.CANCELLED)
+                _add_deliveries(conn, outcome.deliveries)
             elif status is JobStatus.RUNNING:
                 conn.execute(
                     f"UPDATE jobs SET cancel_requested = TRUE, updated_at = {_NOW} WHERE id = %s",
@@ -573,7 +548,7 @@ class PostgresJobStore:
                 )
             current = conn.execute(f"SELECT {_JOB} FROM jobs WHERE id = %s", (job_id,)).fetchone()
             self._publish(conn, job_id)
-        self._notify(job_id)
+        self._listeners.notify(job_id)
         return _job(current) if current is not None else None
 
     def delete(self, job_id: str) -> bool:
@@ -583,25 +558,23 @@ class PostgresJobStore:
             if deleted:
                 self._publish(conn, job_id)
         if deleted:
-            self._notify(job_id)
+            self._listeners.notify(job_id)
         return deleted
 
     def take_undelivered(self, job_id: str) -> list[Result]:
-        """Return undelivered results and mark them delivered, atomically."""
         with self._tx() as conn:
             rows = conn.execute(
                 "UPDATE results SET delivered = TRUE WHERE job_id = %s AND NOT delivered "
                 "RETURNING idx, data",
                 (job_id,),
             ).fetchall()
-        return [Result.model_validate_json(r["data"]) for r in sorted(rows, key=lambda r: r["idx"])]
+        return [result_from_row(r) for r in sorted(rows, key=lambda r: r["idx"])]
 
     # ------------------------------------------------------------------ delivery outbox
 
     def claim_deliveries(
         self, worker_id: str, lease_seconds: float, limit: int = 16
     ) -> list[DeliveryRecord]:
-        """Lease up to ``limit`` pending deliveries that are due (status rows of a job in order)."""
         with self._tx() as conn:
             # A status row waits while an earlier one of its job (smaller seq) is pending, so a
             # receiver never hears "succeed" before "processing". SKIP LOCKED lets dispatchers
@@ -616,7 +589,7 @@ class PostgresJobStore:
                 "FROM due WHERE deliveries.id = due.id RETURNING deliveries.*",
                 (limit, worker_id, lease_seconds),
             ).fetchall()
-        return [_delivery(r) for r in sorted(rows, key=lambda r: (r["next_at"], r["seq"]))]
+        return [delivery_from_row(r) for r in sorted(rows, key=lambda r: (r["next_at"], r["seq"]))]
 
     def record_delivery(
         self,
@@ -627,7 +600,6 @@ class PostgresJobStore:
         state: str,
         next_at: float | None = None,
     ) -> bool:
-        """Record one attempt, set the new state and release the lease."""
         with self._tx() as conn:
             row = conn.execute(
                 "SELECT job_id, history FROM deliveries WHERE id = %s AND lease_owner = %s "
@@ -636,35 +608,30 @@ class PostgresJobStore:
             ).fetchone()
             if row is None:
                 return False
-            history = json.loads(row["history"])
-            history.append(attempt)
             conn.execute(
                 "UPDATE deliveries SET state = %s, attempts = attempts + 1, "
                 "next_at = COALESCE(%s, next_at), last_status = %s, last_error = %s, "
                 f"history = %s, lease_owner = NULL, lease_expires = NULL, updated_at = {_NOW} "
                 "WHERE id = %s",
-                (state, next_at, attempt.get("status"), attempt.get("error"),
-                 json.dumps(history[-20:]), delivery_id),
+                (state, next_at, *attempt_columns(row["history"], attempt), delivery_id),
             )
             job_id: str = row["job_id"]
             self._publish(conn, job_id)
-        self._notify(job_id)
+        self._listeners.notify(job_id)
         return True
 
     def deliveries(self, job_id: str) -> list[DeliveryRecord]:
-        """Every delivery of a job, in creation order."""
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT * FROM deliveries WHERE job_id = %s ORDER BY created_at, seq", (job_id,)
             ).fetchall()
-        return [_delivery(r) for r in rows]
+        return [delivery_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ expiry
 
     def expired_outputs(
         self, now: float, default_ttl: float, limit: int = 200
     ) -> list[tuple[str, Result]]:
-        """Results whose URL lifetime (task ttl, else ``default_ttl``) ended before ``now``."""
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT r.job_id, r.data FROM results r JOIN jobs j ON j.id = r.job_id "
@@ -673,10 +640,9 @@ class PostgresJobStore:
                 "ORDER BY r.created_at LIMIT %s",
                 (default_ttl, now, limit),
             ).fetchall()
-        return [(r["job_id"], Result.model_validate_json(r["data"])) for r in rows]
+        return [(r["job_id"], result_from_row(r)) for r in rows]
 
     def mark_expired(self, job_id: str, index: int) -> None:
-        """Note that a result's file was removed (it is not offered to the sweeper again)."""
         with self._tx() as conn:
             conn.execute(
                 f"UPDATE results SET expired_at = {_NOW} WHERE job_id = %s AND idx = %s",
@@ -744,77 +710,17 @@ class _ListenThread(threading.Thread):
 
 
 def _job(row: DictRow) -> Job:
-    return Job(
-        id=row["id"],
-        owner=row["owner"],
-        task_uuid=row["task_uuid"],
-        origin=row["origin"],
-        origin_data=json.loads(row["origin_data"]),
-        request=json.loads(row["request"]),
-        spec=GenerationSpec.model_validate_json(row["spec"]),
-        status=JobStatus(row["status"]),
-        progress=row["progress"],
-        attempts=row["attempts"],
-        cancel_requested=row["cancel_requested"],
-        error=json.loads(row["error"]) if row["error"] else None,
-        results=[Result.model_validate_json(data) for data in row["results"]],
-        cost=row["cost"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    """The job of a row selected with :data:`_JOB` (its results come in the same row)."""
+    return job_from_row(row, row["results"])
 
 
-def _enqueue_deliveries(conn: Conn, job_id: str, index: int | None) -> None:
-    """Add outbox rows for a new result (``index``) or the job's failure (``None``).
-
-    Runs inside the caller's transaction, so a recorded result always has its deliveries. Ids are
-    deterministic (``job:kind:index``), which makes a repeated call a no-op.
-    """
-    ref = "error" if index is None else str(index)
-    conn.execute(
-        "INSERT INTO deliveries (id, job_id, kind, url, result_index, next_at, created_at, "
-        "updated_at) "
-        f"SELECT j.id || ':' || t.kind || ':' || %s, j.id, t.kind, t.url, %s::int, {_NOW}, "
-        f"{_NOW}, {_NOW} FROM jobs j CROSS JOIN LATERAL (VALUES "
-        "(1, 'webhook', j.spec::jsonb #>> '{delivery,webhook_url}'), "
-        "(2, 'upload', CASE WHEN %s::int IS NULL THEN NULL "
-        "ELSE j.spec::jsonb #>> '{delivery,upload_endpoint}' END)) AS t(n, kind, url) "
-        "WHERE j.id = %s AND t.url <> '' ORDER BY t.n ON CONFLICT (id) DO NOTHING",
-        (ref, index, index, job_id),
-    )
-
-
-def _enqueue_status(conn: Conn, job_id: str, status: JobStatus) -> None:
-    """Add the status-change row of a job that asks for one (``spec.delivery.status_url``).
-
-    Runs inside the caller's transaction, so the change and its delivery commit together. The id
-    ``job:status:<status>`` makes a repeat (a job claimed again after its worker died, a retry
-    that queues it again) a no-op: a receiver hears each status of a job once.
-    """
-    conn.execute(
-        "INSERT INTO deliveries (id, job_id, kind, url, event, next_at, created_at, updated_at) "
-        f"SELECT id || ':status:' || %s, id, 'status', u.url, %s, {_NOW}, {_NOW}, {_NOW} "
-        "FROM jobs CROSS JOIN LATERAL "
-        "(SELECT spec::jsonb #>> '{delivery,status_url}' AS url) AS u "
-        "WHERE id = %s AND u.url <> '' ON CONFLICT (id) DO NOTHING",
-        (status.value, status.value, job_id),
-    )
-
-
-def _delivery(row: DictRow) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row["id"],
-        job_id=row["job_id"],
-        kind=row["kind"],
-        url=row["url"],
-        result_index=row["result_index"],
-        state=row["state"],
-        attempts=row["attempts"],
-        next_at=row["next_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_status=row["last_status"],
-        last_error=row["last_error"],
-        history=tuple(json.loads(row["history"])),
-        event=row["event"],
-    )
+def _add_deliveries(conn: Conn, deliveries: Iterable[NewDelivery]) -> None:
+    """Insert outbox rows, due now, in the caller's transaction (so a change and the deliveries
+    reporting it commit together); an id already there is left as it is."""
+    for d in deliveries:  # in order: ``seq`` orders a job's status rows
+        conn.execute(
+            "INSERT INTO deliveries (id, job_id, kind, url, result_index, event, next_at, "
+            f"created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, {_NOW}, {_NOW}, {_NOW}) "
+            "ON CONFLICT (id) DO NOTHING",
+            (d.id, d.job_id, d.kind, d.url, d.result_index, d.event),
+        )

@@ -12,11 +12,13 @@ other processes (``reelserve worker --data-dir DIR``).
 Implementations: :class:`reelserve.jobs.sqlite.SQLiteJobStore` (embedded default) and
 :class:`reelserve.jobs.postgres.PostgresJobStore` (several machines; LISTEN/NOTIFY carries change
 notifications across processes there). Every implementation must pass the contract suite in
-``tests/jobs/``.
+``tests/jobs/``. What they share around their SQL (row mapping, the decisions each write makes,
+the outbox rows it adds) lives in :mod:`reelserve.jobs.rows`.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -27,6 +29,34 @@ if TYPE_CHECKING:
 
 Listener = Callable[[str], None]
 """Called with a job id after a committed change to that job (from the writing thread)."""
+
+
+class Listeners:
+    """The in-process change listeners of one store: what :meth:`JobStore.subscribe` registers
+    and what the store calls after each committed change. Safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+
+    def add(self, listener: Listener) -> Callable[[], None]:
+        """Register ``listener``; returns a function that unregisters it."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def notify(self, job_id: str) -> None:
+        """Call every listener with ``job_id`` (in this thread, outside the lock)."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(job_id)
 
 
 @dataclass(frozen=True)
@@ -197,7 +227,7 @@ class JobStore(Protocol):
         ...
 
     def deliveries(self, job_id: str) -> list[DeliveryRecord]:
-        """Every delivery of a job with its attempts."""
+        """Every delivery of a job with its attempts, in creation order."""
         ...
 
     def expired_outputs(
