@@ -1,8 +1,8 @@
 """Every Runware request example of the seeds completes on a real server with the preview engine.
 
 Image/video URLs in the examples are replaced by media uploaded through imageUpload/mediaStorage.
-All 35 examples run once via async + getResponse (includeCost) and their files are probed; a few
-also run via sync. Expected size/fps/frames come from the one validator, costs from the seeds.
+All 35 examples run via async + getResponse and again via sync (includeCost), and their files are
+probed. Expected size/fps/frames come from the one validator, costs from the seeds.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def test_seed_example_async(name: str, server: ServerProcess, media: dict[str, s
         check_item(http, items[0], task, example, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["000_00", "002_00", "004_06"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_seed_example_sync(name: str, server: ServerProcess, media: dict[str, str],
                            tmp_path: Path) -> None:
     example = EXAMPLES[name]
