@@ -9,6 +9,7 @@ crash never leaves a half-written artifact under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -182,18 +183,15 @@ def url_secret(data_dir: Path, configured: str | None) -> bytes:
     if configured:
         return configured.encode()
     path = Path(data_dir) / "url_secret"
-    try:
+    with contextlib.suppress(FileNotFoundError):
         return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{secrets.token_hex(4)}")
     tmp.write_text(secrets.token_hex(32))
     os.chmod(tmp, 0o600)
     try:
-        os.link(tmp, path)  # fails if another process won the race: use theirs
-    except FileExistsError:
-        pass
+        with contextlib.suppress(FileExistsError):  # another process won the race: use theirs
+            os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path.read_bytes().strip()

@@ -421,8 +421,9 @@ def run_standalone(settings: Settings, stop: threading.Event | None = None) -> N
     executor = ThreadExecutor.from_settings(settings, slots=max(1, settings.workers))
     executor.start()
     try:
+        # Poll rather than block forever, so a signal handler setting ``stop`` is seen promptly.
         while not stop.wait(1.0):
-            pass
+            continue
     finally:
         executor.stop()
         executor.store.close()  # the executor opened it (from_settings), so it closes it

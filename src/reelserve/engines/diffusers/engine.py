@@ -249,7 +249,7 @@ class DiffusersEngine:
         if entry is None:
             raise EngineError("modelUnavailable", f"no profile for {model!r}/{workflow}", kind=ErrorKind.UNAVAILABLE)
         with self._use(entry.profile):
-            pass
+            pass  # entering loads it into the residency cache (or marks it recently used)
 
     def _use(self, profile: Profile) -> Any:
         from reelserve.engines.diffusers.pipelines import load_pipeline
