@@ -9,9 +9,13 @@ preset and CRF that :mod:`reelserve.media.encode` uses for MP4 at outputQuality 
   (``VideoFrame.from_ndarray`` -> ``encode`` -> ``mux``) with the same codec options.
 
 Runs alternate and the best of ``--repeat`` runs per side is reported, which damps noise from
-other processes. Target: ratio <= 1.5.
+other processes. Target: ratio <= 1.5 for every camera move.
 
     python bench/bench_preview.py [--repeat 3] [--camera simple:zoom=5]
+    python bench/bench_preview.py --all [--repeat 3]   # every camera move, one table
+
+``--all`` measures each move of :data:`ALL_CAMERAS` in turn (each against the PyAV-only encode
+of its own 150 frames, runs alternating) and prints one row per move.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -103,6 +108,23 @@ def run_pyav(frames: list[np.ndarray], out: Path) -> float:
     return time.perf_counter() - t0
 
 
+ALL_CAMERAS: list[str | None] = [
+    None,
+    "simple:horizontal=10",
+    "simple:vertical=10",
+    "simple:zoom=10",
+    "simple:roll=10",
+    "simple:roll=-10",
+    "simple:pan=10",
+    "simple:tilt=10",
+    "down_back",
+    "forward_up",
+    "right_turn_forward",
+    "left_turn_forward",
+]
+"""Every camera path at full scale (|value| = 10, the largest rotation), plus the default move."""
+
+
 def parse_camera(text: str | None) -> CameraControl | None:
     if not text:
         return None
@@ -114,40 +136,78 @@ def parse_camera(text: str | None) -> CameraControl | None:
     return CameraControl(type=kind, config=config)
 
 
+@dataclass
+class Result:
+    camera: str
+    pyav: list[float]
+    preview: list[float]
+    size_pyav: int
+    size_preview: int
+
+    @property
+    def ratio(self) -> float:
+        return min(self.preview) / min(self.pyav)
+
+
+def measure(camera_text: str | None, inputs: ResolvedInputs, repeat: int, tmp: Path) -> Result:
+    """Best-of-``repeat`` alternating runs of both sides for one camera move."""
+    s = spec(parse_camera(camera_text))
+    clip = PreviewEngine().generate(s, inputs, 1, lambda f: None, lambda: False)
+    frames = [np.array(f) for f in clip.frames]  # same frames, rendered outside the timing
+    assert len(frames) == s.num_frames == 150
+    preview_times, pyav_times = [], []
+    for _ in range(repeat):
+        pyav_times.append(run_pyav(frames, tmp / "pyav.mp4"))
+        preview_times.append(run_preview(s, inputs, tmp / "preview.mp4"))
+    return Result(
+        camera_text or "none",
+        pyav_times,
+        preview_times,
+        (tmp / "pyav.mp4").stat().st_size,
+        (tmp / "preview.mp4").stat().st_size,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--camera", default=None, help="e.g. simple:zoom=5 or right_turn_forward")
+    parser.add_argument(
+        "--all", action="store_true", help="every camera move (ALL_CAMERAS), one table"
+    )
     args = parser.parse_args()
 
-    camera = parse_camera(args.camera)
-    s = spec(camera)
     inputs = ResolvedInputs(first_frame=test_image())
-    clip = PreviewEngine().generate(s, inputs, 1, lambda f: None, lambda: False)
-    frames = [np.array(f) for f in clip.frames]  # same frames, rendered outside the timing
-    assert len(frames) == s.num_frames == 150
-
-    preview_times, pyav_times = [], []
+    header = (
+        f"i2v {WIDTH}x{HEIGHT} {SECONDS:g}s {FPS}fps (150 frames), "
+        f"x264 preset={X264_PRESET} crf={crf_for(OutputFormat.MP4, QUALITY)}, "
+        f"best of {args.repeat}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeat):
-            pyav_times.append(run_pyav(frames, Path(tmp) / "pyav.mp4"))
-            preview_times.append(run_preview(s, inputs, Path(tmp) / "preview.mp4"))
-        size_pyav = (Path(tmp) / "pyav.mp4").stat().st_size
-        size_preview = (Path(tmp) / "preview.mp4").stat().st_size
-    best_preview, best_pyav = min(preview_times), min(pyav_times)
+        if args.all:
+            print(header)
+            print(f"{'camera':<22} {'pyav only':>10} {'preview+enc':>12} {'ratio':>6}")
+            worst = 0.0
+            for camera_text in ALL_CAMERAS:
+                r = measure(camera_text, inputs, args.repeat, Path(tmp))
+                worst = max(worst, r.ratio)
+                print(
+                    f"{r.camera:<22} {min(r.pyav):>9.3f}s {min(r.preview):>11.3f}s {r.ratio:>6.2f}",
+                    flush=True,
+                )
+            print(f"worst ratio: {worst:.2f}  (target <= 1.5)")
+            return
+        r = measure(args.camera, inputs, args.repeat, Path(tmp))
+    print(f"{header}, camera={r.camera}")
     print(
-        f"i2v {WIDTH}x{HEIGHT} {SECONDS:g}s {FPS}fps (150 frames), camera={args.camera or 'none'}, "
-        f"x264 preset={X264_PRESET} crf={crf_for(OutputFormat.MP4, QUALITY)}"
+        f"pyav encode only : {min(r.pyav):.3f} s  (runs: {', '.join(f'{t:.3f}' for t in r.pyav)})"
     )
     print(
-        f"pyav encode only : {best_pyav:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in pyav_times)})"
+        f"preview + encode : {min(r.preview):.3f} s  "
+        f"(runs: {', '.join(f'{t:.3f}' for t in r.preview)})"
     )
-    print(
-        f"preview + encode : {best_preview:.3f} s  "
-        f"(runs: {', '.join(f'{t:.3f}' for t in preview_times)})"
-    )
-    print(f"ratio            : {best_preview / best_pyav:.2f}  (target <= 1.5)")
-    print(f"file sizes       : pyav {size_pyav} B, preview {size_preview} B")
+    print(f"ratio            : {r.ratio:.2f}  (target <= 1.5)")
+    print(f"file sizes       : pyav {r.size_pyav} B, preview {r.size_preview} B")
 
 
 if __name__ == "__main__":

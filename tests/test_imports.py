@@ -10,9 +10,10 @@ import json
 import subprocess
 import sys
 
-# psycopg: the PostgreSQL driver loads only when a postgresql:// database URL is opened.
+# psycopg: the PostgreSQL driver loads only when a postgresql:// database URL is opened; boto3
+# (and botocore) only when an s3:// artifacts URL is.
 HEAVY = ("torch", "diffusers", "transformers", "av", "ray", "accelerate", "psycopg",
-         "psycopg_pool")
+         "psycopg_pool", "boto3", "botocore")
 
 
 def _imported_after(statement: str) -> list[str]:

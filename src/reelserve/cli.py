@@ -1,6 +1,7 @@
 """Command line: ``reelserve serve | worker | generate | models | doctor``.
 
-Every option also comes from ``REELSERVE_*`` environment variables; explicit options win. One
+Every setting also comes from ``REELSERVE_*`` environment variables; explicit options win. How
+``reelserve worker`` lays out its processes (``--gpus``, ``--processes``) is an option only. One
 :class:`~reelserve.settings.Settings` object is built here and passed down explicitly.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -48,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from reelserve.worker.loop import run_standalone
+    from reelserve.errors import ValidationError
 
     settings = _settings(args)
     stop = threading.Event()
@@ -58,10 +60,38 @@ def _worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    logging.getLogger("reelserve").info("reelserve worker on %s (%d slot(s))",
-                                        settings.data_dir, max(1, settings.workers))
-    run_standalone(settings, stop)
+    log = logging.getLogger("reelserve")
+    if args.gpus_per_worker is not None and args.gpus is None:
+        raise ValidationError("invalidGpus", "--gpus-per-worker needs --gpus (the GPUs to group)",
+                              parameter="--gpus-per-worker")
+    if args.gpus is not None or args.processes is not None:
+        from reelserve.worker.executors import gpu_slots, process_slots, run_supervised
+
+        slots = (gpu_slots(args.gpus, args.gpus_per_worker) if args.gpus is not None
+                 else process_slots(args.processes))
+        log.info("reelserve worker on %s: %d supervised process(es) (%s), %d slot(s) each",
+                 settings.data_dir, len(slots), ", ".join(slot.label for slot in slots),
+                 max(1, settings.workers))
+        run_supervised(settings, slots, stop, threads=settings.workers, grace=args.grace)
+        return 0
+
+    from reelserve.worker.loop import run_standalone
+
+    if args.parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop),
+                         name="reelserve-parent-watch", daemon=True).start()
+    log.info("reelserve worker on %s (%d slot(s))", settings.data_dir, max(1, settings.workers))
+    run_standalone(settings, stop, name=args.worker_name, grace=args.grace)
     return 0
+
+
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    """A supervised child stops (finishing its job) when its supervisor is gone, even by kill -9."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            logging.getLogger("reelserve").warning(
+                "supervisor process %d is gone; stopping after the current job", parent_pid)
+            stop.set()
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -109,7 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run worker slots only, against a data dir")
     worker.add_argument("--data-dir", type=Path, help="the server's data dir")
-    worker.add_argument("--workers", type=int, help="worker slots (default: REELSERVE_WORKERS)")
+    worker.add_argument("--workers", type=int,
+                        help="worker slots (threads) per process (default: REELSERVE_WORKERS)")
+    layout = worker.add_mutually_exclusive_group()
+    layout.add_argument("--gpus", metavar="SPEC",
+                        help="supervise one worker process per GPU slot, each with its own "
+                        "CUDA_VISIBLE_DEVICES: 0,1,2,3 (four workers, one GPU each) or 0+1,2+3 "
+                        "(two workers, two GPUs each)")
+    layout.add_argument("--processes", type=int, metavar="N",
+                        help="supervise N worker processes sharing the visible devices "
+                        "(CPU preview rendering)")
+    worker.add_argument("--gpus-per-worker", type=int, metavar="N",
+                        help="with --gpus 0,1,2,3: give each worker N consecutive GPUs")
+    worker.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT, how long running jobs may take to finish "
+                        "(default 30); supervised processes still running 5 s after it are "
+                        "killed")
+    worker.add_argument("--name", dest="worker_name",
+                        help="label in this worker's lease ids and log lines (e.g. gpu0)")
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     worker.set_defaults(func=_worker)
 
     models = sub.add_parser("models", help="diffusers profiles and their weights")
@@ -147,8 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``reelserve`` and ``python -m reelserve``."""
     args = build_parser().parse_args(argv)
+    # A supervised worker's lines carry its slot (``[gpu0]``): all children share one log.
+    label = getattr(args, "worker_name", None)
+    tag = f"[{label.replace('%', '%%')}] " if label else ""
     logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
     from pydantic import ValidationError as SettingsError
 
     from reelserve.errors import ReelserveError

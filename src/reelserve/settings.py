@@ -8,9 +8,10 @@ explicitly to ``create_app`` and the worker; there is no module-level singleton.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[list[str], NoDecode]
@@ -96,6 +97,34 @@ class Settings(BaseSettings):
     delivery_poll_interval: float = Field(default=1.0, gt=0, description="outbox poll interval (s)")
     sweep_interval: float = Field(default=60.0, gt=0, description="seconds between expired-artifact sweeps")
 
+    # artifacts: outputs and uploaded media (delivery/storage.py, docs/deployment.md)
+    artifacts_url: str | None = Field(
+        default=None, description="where outputs and uploads are stored: default "
+        "<data_dir>/artifacts; s3://BUCKET/PREFIX for S3-compatible object storage shared by "
+        "several machines (needs reelserve[s3])",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, R2, ...); default AWS S3",
+    )
+    s3_region: str | None = Field(
+        default=None, description="S3 region; default AWS_REGION / AWS_DEFAULT_REGION, else us-east-1",
+    )
+    s3_access_key_id: str | None = Field(
+        default=None, description="S3 access key; default the AWS chain (AWS_ACCESS_KEY_ID, "
+        "profiles, instance roles)",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret key (with s3_access_key_id)",
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="bucket in the path or the host name; auto: path with "
+        "s3_endpoint_url, virtual on AWS",
+    )
+    artifact_cache_bytes: int = Field(
+        default=10 * 1024**3, gt=0, description="local cache of S3 artifacts in "
+        "<data_dir>/artifact-cache (least recently used files are evicted beyond this size)",
+    )
+
     # per-key limits (0 = unlimited)
     rate_submits_per_minute: int = Field(default=120, ge=0, description="videoInference submits per key per minute")
     rate_max_in_flight: int = Field(default=32, ge=0, description="queued+running tasks per key")
@@ -105,6 +134,18 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("artifacts_url")
+    @classmethod
+    def _check_artifacts_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                f"artifacts_url {value!r} is not supported; allowed: s3://BUCKET or "
+                "s3://BUCKET/PREFIX (unset: files in <data_dir>/artifacts)")
         return value
 
     @property

@@ -1,4 +1,6 @@
-"""Fixtures of the delivery tests: a real local receiver."""
+"""Fixtures of the delivery tests: a real local receiver, a real S3 endpoint (moto's standalone
+server, ``tests/s3_server.py``) and the session's private PostgreSQL server (``tests/pg_server.py``)
+for the several-machine test."""
 
 from __future__ import annotations
 
@@ -6,6 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 from receiver_helpers import Receiver, run_receiver
+
+from pg_server import pg_database, pg_server
+from s3_server import s3_bucket, s3_server
+
+__all__ = ["pg_database", "pg_server", "receiver", "s3_bucket", "s3_server"]
 
 
 @pytest.fixture

@@ -204,7 +204,7 @@ def test_output_url_expires_and_tampering_never_works(
         settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
         store = SQLiteJobStore(data_dir / "reelserve.db")
         try:
-            sweeper = Sweeper(settings, store, open_artifacts(data_dir))
+            sweeper = Sweeper(settings, store, open_artifacts(settings))
             assert sweeper.sweep(now=time.time() + 30).outputs == 0
             assert http.get(url).status_code == 200
             assert sweeper.sweep(now=time.time() + 61).outputs == 1

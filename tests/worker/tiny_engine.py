@@ -6,8 +6,11 @@ Servers started by tests load it with ``REELSERVE_ENGINE_SELECTOR=tiny_engine:en
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,4 +100,33 @@ def slow_engine_selector(settings: Any) -> Callable[[GenerationSpec], Engine]:
     """Like :func:`engine_selector`, but each frame takes 20 ms (3 s for 5 s at 30 fps): long
     enough to catch a job mid-run (kill -9 tests), still cheap to render."""
     engine = TinyEngine(on_frame=lambda _index: time.sleep(0.02))
+    return lambda spec: engine
+
+
+class RecordingEngine(TinyEngine):
+    """A slow :class:`TinyEngine` that records which process renders each result, and what
+    ``CUDA_VISIBLE_DEVICES`` that process saw, in ``<runs>/<taskUUID>.<seed>.<pid>.json``
+    (written when rendering starts, so a test can kill that process mid-job)."""
+
+    def __init__(self, runs: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.runs = runs
+
+    def generate(self, spec: GenerationSpec, inputs: ResolvedInputs, seed: int,
+                 progress: Callable[[float], None], cancelled: Callable[[], bool]) -> Clip:
+        record = {"task_uuid": spec.task_uuid, "seed": seed, "pid": os.getpid(),
+                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        path = self.runs / f"{spec.task_uuid}.{seed}.{os.getpid()}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)  # readers never see half a file
+        return super().generate(spec, inputs, seed, progress, cancelled)
+
+
+def recording_engine_selector(settings: Any) -> Callable[[GenerationSpec], Engine]:
+    """Like :func:`slow_engine_selector`, recording each render in ``<data dir>/engine-runs``
+    (see :class:`RecordingEngine`)."""
+    runs = Path(settings.data_dir) / "engine-runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    engine = RecordingEngine(runs, on_frame=lambda _index: time.sleep(0.02))
     return lambda spec: engine

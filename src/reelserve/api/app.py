@@ -130,7 +130,7 @@ class Services:
         from reelserve.jobs.store import open_store
 
         store = open_store(settings)
-        artifacts = open_artifacts(settings.data_dir)
+        artifacts = open_artifacts(settings)
         secret = url_secret(settings.data_dir, settings.url_secret)
         dispatcher = Dispatcher(settings, store, artifacts)
         return cls(settings=settings, store=store, artifacts=artifacts,

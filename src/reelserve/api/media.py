@@ -3,6 +3,12 @@
 A URL is ``{base}/media/{outputs|uploads}/{uuid}.{ext}?exp=<unix>&sig=<hmac>``; the signature is
 an HMAC-SHA256 over the key and the expiry with ``settings.url_secret`` or a random secret kept in
 the data dir. A bad signature answers 404 and an expired URL 410; neither reveals the file.
+
+The file is always streamed by this server, whatever the artifact store: with S3 from this
+machine's cache (``ArtifactStore.local_path`` downloads it once), not by redirecting to a
+presigned S3 URL. So clients need to reach only this server (object storage often sits on a
+private network), range requests work the same everywhere, and a URL stops working exactly when
+our signature says so.
 """
 
 from __future__ import annotations
@@ -10,15 +16,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from reelserve.errors import ErrorKind, ReelserveError
+
 if TYPE_CHECKING:
     from reelserve.api.app import Services
+    from reelserve.delivery.storage import ArtifactInfo, ArtifactStore
+
+log = logging.getLogger(__name__)
 
 
 class UrlSigner:
@@ -65,12 +78,21 @@ def media_router(services: Services) -> APIRouter:
         if status == 410:
             return JSONResponse({"error": "this URL has expired"}, status_code=410)
         try:
-            info = await run_in_threadpool(services.artifacts.info, key)
-        except Exception:  # a malformed key
-            info = None
-        path = services.artifacts.local_path(key) if info is not None else None
+            info, path = await run_in_threadpool(_lookup, services.artifacts, key)
+        except ReelserveError as exc:
+            if exc.kind is ErrorKind.UNAVAILABLE:  # the artifact store is down: try again later
+                log.warning("media %s: %s", key, exc.message)
+                return JSONResponse({"error": "storage is unavailable; try again later"},
+                                    status_code=503)
+            info = path = None  # a malformed key
         if info is None or path is None:
             return JSONResponse({"error": "not found"}, status_code=404)
         return FileResponse(path, media_type=info.content_type)
 
     return router
+
+
+def _lookup(artifacts: ArtifactStore, key: str) -> tuple[ArtifactInfo | None, Path | None]:
+    """The artifact's facts and a local file of it (a cached download for S3: blocking)."""
+    info = artifacts.info(key)
+    return info, artifacts.local_path(key) if info is not None else None

@@ -1,10 +1,20 @@
 """Where output videos and uploaded media live: the ArtifactStore seam.
 
 Keys are ``outputs/<videoUUID>`` for generated videos and ``uploads/<mediaUUID>`` for media sent
-with ``imageUpload``/``mediaStorage``. Each artifact has a small JSON sidecar with its content
-type, owner and creation time, so a UUID is all one needs to find it again (as a task input or
-behind a signed URL). The local-disk implementation writes atomically (temp file + rename), so a
-crash never leaves a half-written artifact under its final name.
+with ``imageUpload``/``mediaStorage``. Each artifact carries its content type, owner, creation
+time and extension, so a UUID is all one needs to find it again (as a task input or behind a
+signed URL). Two implementations pass one contract suite (``tests/delivery/
+test_artifact_contract.py``):
+
+* :class:`LocalArtifactStore` (the default): files under ``<data_dir>/artifacts`` with a small
+  JSON sidecar each, written atomically (temp file + rename), so a crash never leaves a
+  half-written artifact under its final name.
+* :class:`~reelserve.delivery.s3.S3ArtifactStore` (``REELSERVE_ARTIFACTS_URL=s3://BUCKET/PREFIX``):
+  objects in S3-compatible storage, shared by every machine without a shared filesystem; the
+  facts are object metadata, and :meth:`ArtifactStore.local_path` downloads into a bounded local
+  cache. Its module (and boto3) is imported only when such a URL is configured.
+
+:func:`open_artifacts` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -16,11 +26,15 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from reelserve.errors import ValidationError
+
+if TYPE_CHECKING:
+    from reelserve.settings import Settings
 
 OUTPUTS = "outputs"
 UPLOADS = "uploads"
@@ -65,15 +79,44 @@ class ArtifactStore(Protocol):
         ...
 
     def local_path(self, key: str) -> Path | None:
-        """A local file holding the artifact, when the store has one (for zero-copy serving)."""
+        """A local file holding the artifact (None when absent), for serving and decoding.
+
+        The file itself for the local store; a cached download for a remote one (may download:
+        blocking). Treat it as read-only.
+        """
         ...
 
     def delete(self, key: str) -> bool:
         """Remove the artifact; False when it did not exist."""
         ...
 
+    def list_keys(self, kind: str, *, stored_before: float | None = None) -> Iterator[str]:
+        """Keys of the stored artifacts of ``kind`` (``outputs`` or ``uploads``).
 
-def _check_key(key: str) -> None:
+        ``stored_before`` (unix seconds) is a cheap pre-filter for sweeping: only artifacts the
+        listing shows as written before it are listed (sidecar mtimes, object LastModified), so
+        a remote store need not fetch every object's metadata. It is a hint that may be off by
+        the time a write took (or by clock differences): callers decide on
+        :meth:`info`'s ``created_at``.
+        """
+        ...
+
+
+def check_kind(kind: str) -> None:
+    """Refuse an artifact kind other than ``outputs`` and ``uploads``."""
+    if kind not in (OUTPUTS, UPLOADS):
+        raise ValidationError(
+            "invalidArtifactKind", f"artifact kind {kind!r} is not valid",
+            parameter="kind", allowed_values=[OUTPUTS, UPLOADS],
+        )
+
+
+def check_key(key: str) -> None:
+    """Refuse a key that is not ``outputs/<uuid>`` or ``uploads/<uuid>`` (``invalidArtifactKey``).
+
+    The name part allows letters, digits, ``-`` and ``_`` only, so a key never escapes its folder
+    or prefix, whatever the store.
+    """
     parts = key.split("/")
     if (len(parts) != 2 or parts[0] not in (OUTPUTS, UPLOADS) or not parts[1]
             or not all(c.isalnum() or c in "-_" for c in parts[1])):
@@ -93,7 +136,7 @@ class LocalArtifactStore:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        _check_key(key)
+        check_key(key)
         return self.root / key
 
     def _write_meta(self, key: str, info: ArtifactInfo) -> None:
@@ -169,10 +212,40 @@ class LocalArtifactStore:
         path.unlink(missing_ok=True)
         return existed
 
+    def list_keys(self, kind: str, *, stored_before: float | None = None) -> Iterator[str]:
+        """Keys with a sidecar; ``stored_before`` compares the sidecar's mtime (written last)."""
+        check_kind(kind)
+        for meta in (self.root / kind).glob("*.json"):
+            key = f"{kind}/{meta.stem}"
+            try:
+                check_key(key)
+                if stored_before is not None and meta.stat().st_mtime >= stored_before:
+                    continue
+            except (ValidationError, OSError):  # a stray file, or deleted meanwhile
+                continue
+            yield key
 
-def open_artifacts(data_dir: Path) -> LocalArtifactStore:
-    """The default artifact store inside ``data_dir``."""
-    return LocalArtifactStore(Path(data_dir) / "artifacts")
+
+def open_artifacts(settings: Settings) -> ArtifactStore:
+    """The artifact store named by ``settings``.
+
+    Files in ``<data_dir>/artifacts`` by default; ``artifacts_url=s3://BUCKET/PREFIX`` opens
+    :class:`~reelserve.delivery.s3.S3ArtifactStore`, whose module imports boto3 (the ``s3``
+    extra), so installs without it never load it. Opening an S3 store checks the bucket and
+    fails with ``artifactStoreUnavailable`` when it cannot be used.
+    """
+    if not settings.artifacts_url:
+        return LocalArtifactStore(Path(settings.data_dir) / "artifacts")
+    try:
+        from reelserve.delivery.s3 import S3ArtifactStore
+    except ImportError as exc:
+        raise ValidationError(
+            "unsupportedArtifactsUrl",
+            f"artifacts_url is an s3:// URL but boto3 is not installed ({exc}); install the "
+            "extra: pip install 'reelserve[s3]'",
+            parameter="artifacts_url",
+        ) from exc
+    return S3ArtifactStore.from_settings(settings)
 
 
 def url_secret(data_dir: Path, configured: str | None) -> bytes:

@@ -2,10 +2,11 @@
 
 An output's URL is valid until its file's creation time + the task's ``ttl`` (or
 ``settings.default_ttl``); an upload's until its creation + ``default_ttl``. After that the URL
-answers 410 anyway, so the file only costs disk: the sweeper removes it, and the job store marks
-the result expired so it is not looked at again. The signed URL check (``api/media.py``) and the
-sweeper use the same rule; the sweeper runs a little later than the URL stops working, never
-earlier (a result row is written after its file).
+answers 410 anyway, so the file only costs storage: the sweeper removes it (from whichever
+artifact store is configured: local disk or S3), and the job store marks the result expired so it
+is not looked at again. The signed URL check (``api/media.py``) and the sweeper use the same rule;
+the sweeper runs a little later than the URL stops working, never earlier (a result row is written
+after its file).
 
 Tests drive :meth:`Sweeper.sweep` with an explicit ``now`` instead of waiting for a ttl (the
 catalog's minimum ttl is 60 s).
@@ -20,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from reelserve.delivery.storage import UPLOADS, LocalArtifactStore
-from reelserve.errors import ReelserveError
+from reelserve.delivery.storage import UPLOADS
 
 if TYPE_CHECKING:
     from reelserve.delivery.storage import ArtifactStore
@@ -84,18 +84,13 @@ class Sweeper:
         return SweepReport(outputs=outputs, uploads=uploads)
 
     def _sweep_uploads(self, now: float) -> int:
-        # Uploads have no job row; the local store is listed directly. Other stores (object
-        # storage) expire uploads with their own lifecycle rules.
-        if not isinstance(self.artifacts, LocalArtifactStore):
-            return 0
+        # Uploads have no job row: list the store (every implementation can), pre-filtered by
+        # write time, and decide on each one's created_at, the rule the signed URLs use.
+        cutoff = now - self.settings.default_ttl
         removed = 0
-        for meta in (self.artifacts.root / UPLOADS).glob("*.json"):
-            key = f"{UPLOADS}/{meta.stem}"
-            try:
-                info = self.artifacts.info(key)
-            except ReelserveError:  # a stray file with a name that is not a key
-                continue
-            if info is not None and info.created_at + self.settings.default_ttl <= now:
+        for key in list(self.artifacts.list_keys(UPLOADS, stored_before=cutoff + 1.0)):
+            info = self.artifacts.info(key)
+            if info is not None and info.created_at <= cutoff:
                 removed += int(self.artifacts.delete(key))
         return removed
 

@@ -250,6 +250,25 @@ def _homography(pose: CameraPose, width: int, height: int) -> np.ndarray:
     return m / m[2, 2]
 
 
+def _translation(dx: float, dy: float) -> np.ndarray:
+    import numpy as np
+
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
+
+
+def _to_supersampled(m: np.ndarray) -> np.ndarray:
+    """``m`` (to canvas coordinates) composed with canvas -> supersampled canvas coordinates.
+
+    Pixel ``k`` of the canvas is pixel ``S * k`` of the supersampled one (see
+    :meth:`_CameraCanvas._supersampled`), so a canvas coordinate ``x`` is ``S * x - (S - 1) / 2``.
+    """
+    import numpy as np
+
+    s, off = float(_SUPERSAMPLE), -(_SUPERSAMPLE - 1) / 2.0
+    out = np.array([[s, 0.0, off], [0.0, s, off], [0.0, 0.0, 1.0]]) @ m
+    return out / out[2, 2]
+
+
 def _map_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     import numpy as np
 
@@ -334,16 +353,16 @@ class _CameraCanvas:
                 PILImage.Resampling.NEAREST,
             )
             return np.asarray(out)
-        # Roll / pan / tilt: a projective warp with bilinear filtering on the 1x canvas (rotated
-        # reads defeat the cache either way, so supersampling would not make it cheaper).
-        m = _homography(pose, w, h)
-        shift = np.array([[1, 0, self.ox], [0, 1, self.oy], [0, 0, 1]], dtype=float)
-        m = shift @ m
-        m = m / m[2, 2]
-        coeffs = tuple(float(v) for v in m.flatten()[:8])
-        out = self.image.transform(
-            (w, h), PILImage.Transform.PERSPECTIVE, coeffs, PILImage.Resampling.BILINEAR
-        )
+        # Roll / pan / tilt: the same nearest-neighbour sampling of the 2x canvas, through the
+        # exact map (an affine one for roll, a projective one for pan/tilt).
+        m = _to_supersampled(_translation(self.ox, self.oy) @ _homography(pose, w, h))
+        if pose.yaw == 0.0 and pose.pitch == 0.0:
+            coeffs = tuple(float(v) for v in m[:2].flatten())
+            method = PILImage.Transform.AFFINE
+        else:
+            coeffs = tuple(float(v) for v in m.flatten()[:8])
+            method = PILImage.Transform.PERSPECTIVE
+        out = self._supersampled().transform((w, h), method, coeffs, PILImage.Resampling.NEAREST)
         return np.asarray(out)
 
 

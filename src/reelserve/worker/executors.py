@@ -3,14 +3,35 @@
 :class:`ThreadExecutor` runs ``slots`` worker loops as daemon threads in the current process:
 beside the API server by default (``settings.workers``), or alone in ``reelserve worker``. Heavy
 imports (av, engines) happen in those threads on first use, never on the server's start path.
+
+:class:`ProcessExecutor` supervises one ``reelserve worker`` child process per slot on this
+machine (``reelserve worker --gpus 0,1,2,3`` or ``--processes N``): each child gets its slot's
+``CUDA_VISIBLE_DEVICES`` and its own worker id, a child that dies is started again with backoff,
+and a stop is forwarded to every child, which finishes its current job within a grace period.
+The children are fresh interpreters (``python -m reelserve worker``), not forks: they inherit no
+database connection, thread or CUDA context from the supervisor, which opens none of these
+itself. A job whose child died is claimed again through the store's lease expiry, like any
+crashed worker's job; the supervisor adds no recovery path of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
+from reelserve.errors import ValidationError
 from reelserve.worker.loop import EngineSelector, Worker
 
 if TYPE_CHECKING:
@@ -22,7 +43,11 @@ log = logging.getLogger(__name__)
 
 
 class ThreadExecutor:
-    """``slots`` worker threads sharing one store, artifact store and engine selector."""
+    """``slots`` worker threads sharing one store, artifact store and engine selector.
+
+    ``name`` (e.g. ``gpu0``, given by a :class:`ProcessExecutor` to its children) is put into the
+    worker ids, so leases and logs show which slot of the machine holds a job.
+    """
 
     def __init__(
         self,
@@ -31,24 +56,28 @@ class ThreadExecutor:
         artifacts: ArtifactStore,
         slots: int,
         select_engine: EngineSelector | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
         self.slots = slots
+        self.name = name
         self._select_engine = select_engine
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._selector_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, slots: int | None = None) -> ThreadExecutor:
+    def from_settings(cls, settings: Settings, slots: int | None = None,
+                      name: str | None = None) -> ThreadExecutor:
         """Open the store and artifact store named by ``settings``."""
         from reelserve.delivery.storage import open_artifacts
         from reelserve.jobs.store import open_store
 
-        return cls(settings, open_store(settings), open_artifacts(settings.data_dir),
-                   settings.workers if slots is None else slots)
+        return cls(settings, open_store(settings), open_artifacts(settings),
+                   settings.workers if slots is None else slots, name=name)
 
     def _selector(self) -> EngineSelector:
         # One engine selector for all slots (it caches loaded pipelines), built lazily and once.
@@ -68,17 +97,344 @@ class ThreadExecutor:
             self._threads.append(thread)
         log.info("started %d worker thread(s)", self.slots)
 
+    def _worker_id(self, slot: int) -> str | None:
+        if self.name is None:
+            return None  # the Worker's default: host, pid and a random suffix
+        label = self.name if self.slots == 1 else f"{self.name}.{slot}"
+        return f"{socket.gethostname()}:{label}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
     def _run_slot(self, slot: int) -> None:
         try:
             selector = self._selector()
         except Exception:
             log.exception("worker slot %d: cannot build the engine selector", slot)
             return
-        Worker(self.settings, self.store, self.artifacts, selector).run(self._stop)
+        Worker(self.settings, self.store, self.artifacts, selector,
+               worker_id=self._worker_id(slot)).run(self._stop)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask every thread to stop after its current job and wait up to ``timeout`` each."""
+        """Ask every thread to stop after its current job and wait up to ``timeout`` in all.
+
+        A thread still rendering then is left behind (it is a daemon and ends with the
+        process); its job's lease runs out and another worker claims it again.
+        """
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+
+
+# ------------------------------------------------------------------ supervised processes
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One supervised worker process: a label for ids and logs and the GPUs it may see.
+
+    ``devices`` becomes the child's ``CUDA_VISIBLE_DEVICES``; ``None`` leaves the variable as
+    the supervisor has it (``--processes``).
+    """
+
+    label: str
+    devices: tuple[str, ...] | None = None
+
+
+_RANGE = re.compile(r"\d+-\d+")
+_DEVICE = re.compile(r"[A-Za-z0-9_:.\-/]+")
+
+
+def gpu_slots(spec: str, per_worker: int | None = None) -> list[WorkerSlot]:
+    """Parse ``--gpus``: commas separate worker processes, ``+`` joins GPUs of one process.
+
+    ``0,1,2,3`` is four workers with one GPU each; ``0+1,2+3`` is two workers with two GPUs
+    each, as is ``0,1,2,3`` with ``per_worker=2`` (``--gpus-per-worker 2``). A device is what
+    ``CUDA_VISIBLE_DEVICES`` accepts: an index, a ``GPU-<uuid>`` or a ``MIG-<uuid>``.
+
+    Raises:
+        ValidationError: an empty or repeated device, an ``N-M`` range (ambiguous: it is
+            refused with both spellings it may have meant), or ``per_worker`` that does not
+            divide the GPUs given.
+    """
+    groups: list[tuple[str, ...]] = []
+    for part in spec.split(","):
+        devices = tuple(device.strip() for device in part.split("+"))
+        for device in devices:
+            if not device:
+                raise ValidationError(
+                    "invalidGpus", f"--gpus {spec!r} has an empty device; write GPUs as "
+                    "0,1,2,3 (one worker each) or 0+1,2+3 (one worker per group)",
+                    parameter="--gpus")
+            if _RANGE.fullmatch(device):
+                first, _, last = device.partition("-")
+                listed = ",".join(str(i) for i in range(int(first), int(last) + 1))
+                raise ValidationError(
+                    "invalidGpus", f"--gpus {device!r} is ambiguous: write {listed} for one "
+                    f"worker per GPU or {listed.replace(',', '+')} for one worker with all of "
+                    "them", parameter="--gpus")
+            if not _DEVICE.fullmatch(device):
+                raise ValidationError(
+                    "invalidGpus", f"--gpus device {device!r} is not a GPU index, GPU-<uuid> or "
+                    "MIG-<uuid>", parameter="--gpus")
+        groups.append(devices)
+    flat = [device for group in groups for device in group]
+    repeated = sorted({device for device in flat if flat.count(device) > 1})
+    if repeated:
+        raise ValidationError(
+            "invalidGpus", f"--gpus {spec!r} gives GPU {', '.join(repeated)} to more than one "
+            "worker; each GPU belongs to one worker process", parameter="--gpus")
+    if per_worker is not None:
+        if per_worker < 1:
+            raise ValidationError("invalidGpus", f"--gpus-per-worker must be 1 or more, not "
+                                  f"{per_worker}", parameter="--gpus-per-worker")
+        if any(len(group) > 1 for group in groups):
+            raise ValidationError(
+                "invalidGpus", f"--gpus {spec!r} already groups GPUs with '+'; drop "
+                "--gpus-per-worker or list the GPUs with commas only", parameter="--gpus-per-worker")
+        if len(flat) % per_worker:
+            raise ValidationError(
+                "invalidGpus", f"--gpus-per-worker {per_worker} does not divide the {len(flat)} "
+                f"GPUs of --gpus {spec!r}", parameter="--gpus-per-worker")
+        groups = [tuple(flat[i : i + per_worker]) for i in range(0, len(flat), per_worker)]
+    return [WorkerSlot(label="gpu" + "+".join(group) if all(d.isdigit() for d in group)
+                       else f"gpu-slot{index}", devices=group)
+            for index, group in enumerate(groups)]
+
+
+def process_slots(count: int) -> list[WorkerSlot]:
+    """``--processes N``: N workers that keep the supervisor's ``CUDA_VISIBLE_DEVICES``."""
+    if count < 1:
+        raise ValidationError("invalidProcesses", f"--processes must be 1 or more, not {count}",
+                              parameter="--processes")
+    return [WorkerSlot(label=f"proc{index}") for index in range(count)]
+
+
+def settings_environ(settings: Settings) -> dict[str, str | None]:
+    """``REELSERVE_*`` variables that rebuild ``settings`` in a child process.
+
+    ``None`` marks a variable to remove (an unset optional setting), so the child's settings
+    equal the supervisor's whatever mix of arguments, environment and ``.env`` made them.
+    Secrets are passed in clear: the child needs them, and only the same user can read them.
+    """
+    from pydantic import SecretBytes, SecretStr
+    from pydantic_core import to_json
+    from pydantic_settings import NoDecode
+
+    out: dict[str, str | None] = {}
+    for name, field in type(settings).model_fields.items():
+        key = f"REELSERVE_{name.upper()}"
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr | SecretBytes):
+            value = value.get_secret_value()
+        if value is None:
+            out[key] = None
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, bytes):
+            out[key] = value.decode()
+        elif isinstance(value, list | tuple | set) and NoDecode in field.metadata:
+            out[key] = ",".join(str(item) for item in value)
+        elif isinstance(value, str | int | float | os.PathLike):
+            out[key] = str(value.value if isinstance(value, Enum) else value)
+        else:  # lists, dicts, nested models: pydantic-settings decodes them as JSON
+            out[key] = to_json(value).decode()
+    return out
+
+
+@dataclass
+class _Child:
+    """A slot's current process and its restart bookkeeping."""
+
+    slot: WorkerSlot
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    next_start: float = 0.0
+    restarts: int = 0
+
+
+class ProcessExecutor:
+    """Supervises one ``reelserve worker`` child process per :class:`WorkerSlot`.
+
+    Args:
+        settings: the install's settings; children get them through ``REELSERVE_*`` variables.
+        slots: one child each (:func:`gpu_slots`, :func:`process_slots`).
+        threads: worker threads in each child (``reelserve worker --workers``; 1 on a GPU).
+        grace: seconds a stopping child may spend finishing its current job; the supervisor
+            kills a child still running ``grace + 5`` seconds after it forwarded the stop.
+        backoff_base: seconds before the first restart of a child that died; doubled for each
+            further death in a row, up to ``backoff_max``. A child that ran ``stable_after``
+            seconds starts the count again.
+        command: the argv that starts a slot's child (default: ``python -m reelserve worker``
+            with the slot's name); a wrapper (numactl, nice) may prepend itself.
+        environ: the environment the children start from (default: this process's).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        slots: Sequence[WorkerSlot],
+        *,
+        threads: int = 1,
+        grace: float = 30.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        stable_after: float = 60.0,
+        poll_interval: float = 0.2,
+        command: Callable[[WorkerSlot], list[str]] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if not slots:
+            raise ValidationError("invalidWorkerSlots", "a process executor needs at least one slot")
+        widest = max(len(slot.devices or ()) for slot in slots)
+        device = settings.diffusers_device or ""
+        index = device.partition(":")[2]
+        if any(slot.devices for slot in slots) and index.isdigit() and int(index) >= widest:
+            raise ValidationError(
+                "invalidDevice", f"REELSERVE_DIFFUSERS_DEVICE={device} names a GPU no worker "
+                f"sees: with --gpus each worker sees its own GPUs as cuda:0 to cuda:{widest - 1}; "
+                "leave it unset (cuda:0) or set cuda", parameter="diffusers_device")
+        self.settings = settings
+        self.slots = list(slots)
+        self.threads = max(1, threads)
+        self.grace = grace
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self.poll_interval = poll_interval
+        self._command = command or self._worker_command
+        self._environ = dict(os.environ if environ is None else environ)
+        self._children = [_Child(slot) for slot in self.slots]
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    def _worker_command(self, slot: WorkerSlot) -> list[str]:
+        level = logging.getLevelName(logging.getLogger("reelserve").getEffectiveLevel()).lower()
+        if level not in ("critical", "error", "warning", "info", "debug"):
+            level = "info"
+        return [sys.executable, "-m", "reelserve", "--log-level", level, "worker",
+                "--name", slot.label, "--workers", str(self.threads), "--grace", str(self.grace),
+                "--parent-pid", str(os.getpid())]
+
+    def _child_environ(self, slot: WorkerSlot) -> dict[str, str]:
+        env = dict(self._environ)
+        for key, value in settings_environ(self.settings).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        if slot.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.devices)
+        return env
+
+    def _spawn(self, child: _Child) -> None:
+        env = self._child_environ(child.slot)
+        try:
+            child.proc = subprocess.Popen(self._command(child.slot), env=env,
+                                          stdin=subprocess.DEVNULL)
+        except OSError:
+            log.exception("worker %s: cannot start its process", child.slot.label)
+            child.proc = None
+            self._schedule_restart(child, time.monotonic(), ran=0.0)
+            return
+        child.started_at = time.monotonic()
+        log.info("worker %s: started process %d%s", child.slot.label, child.proc.pid,
+                 f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})"
+                 if child.slot.devices is not None else "")
+
+    def _schedule_restart(self, child: _Child, now: float, ran: float) -> float:
+        child.failures = 1 if ran >= self.stable_after else child.failures + 1
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (child.failures - 1))
+        child.next_start = now + delay
+        return delay
+
+    def start(self) -> None:
+        """Start every child and the thread that restarts those that die."""
+        with self._lock:
+            for child in self._children:
+                self._spawn(child)
+        self._monitor = threading.Thread(target=self._supervise, name="reelserve-supervisor",
+                                         daemon=True)
+        self._monitor.start()
+        log.info("supervising %d worker process(es)", len(self._children))
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(self.poll_interval):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                now = time.monotonic()
+                for child in self._children:
+                    if child.proc is None:
+                        if now >= child.next_start:
+                            child.restarts += 1
+                            self._spawn(child)
+                        continue
+                    code = child.proc.poll()
+                    if code is None:
+                        continue
+                    delay = self._schedule_restart(child, now, ran=now - child.started_at)
+                    log.warning("worker %s: process %d %s; restarting it in %.1f s",
+                                child.slot.label, child.proc.pid, _describe_exit(code), delay)
+                    child.proc = None
+
+    def pids(self) -> dict[str, int]:
+        """Label -> pid of every child running now."""
+        with self._lock:
+            return {child.slot.label: child.proc.pid for child in self._children
+                    if child.proc is not None and child.proc.poll() is None}
+
+    def restarts(self) -> dict[str, int]:
+        """Label -> how many times that slot's child was started again."""
+        with self._lock:
+            return {child.slot.label: child.restarts for child in self._children}
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Forward SIGTERM to every child, wait for them, then kill those still running.
+
+        Each child stops claiming and finishes its current job within ``grace``; the wait here
+        is ``timeout`` (default ``grace + 5`` seconds). A killed child's job is claimed again
+        once its lease runs out.
+        """
+        self._stopping.set()
+        with self._lock:  # no restart can start after this point
+            procs = [(child.slot.label, child.proc) for child in self._children
+                     if child.proc is not None]
+        for _label, proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + (self.grace + 5.0 if timeout is None else timeout)
+        for label, proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s: process %d still running after the grace period; "
+                            "killing it", label, proc.pid)
+                proc.kill()
+                proc.wait()
+        if self._monitor is not None:
+            self._monitor.join()
+        log.info("all worker processes stopped")
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def run_supervised(settings: Settings, slots: Sequence[WorkerSlot], stop: threading.Event,
+                   *, threads: int = 1, grace: float = 30.0) -> None:
+    """``reelserve worker --gpus/--processes``: supervise the slots' children until ``stop``."""
+    executor = ProcessExecutor(settings, slots, threads=threads, grace=grace)
+    executor.start()
+    try:
+        # Poll rather than block forever, so a signal handler setting ``stop`` is seen promptly.
+        while not stop.wait(0.5):
+            continue
+    finally:
+        executor.stop()

@@ -413,17 +413,22 @@ class Worker:
         run.set_progress(finished, 1.0)
 
 
-def run_standalone(settings: Settings, stop: threading.Event | None = None) -> None:
-    """``reelserve worker``: run ``settings.workers`` (at least one) slots until stopped."""
+def run_standalone(settings: Settings, stop: threading.Event | None = None, *,
+                   name: str | None = None, grace: float = 10.0) -> None:
+    """``reelserve worker``: run ``settings.workers`` (at least one) slots until stopped.
+
+    ``name`` goes into the worker ids (a supervised child's slot, e.g. ``gpu0``); once ``stop``
+    is set, running jobs get ``grace`` seconds to finish.
+    """
     from reelserve.worker.executors import ThreadExecutor
 
     stop = stop or threading.Event()
-    executor = ThreadExecutor.from_settings(settings, slots=max(1, settings.workers))
+    executor = ThreadExecutor.from_settings(settings, slots=max(1, settings.workers), name=name)
     executor.start()
     try:
         # Poll rather than block forever, so a signal handler setting ``stop`` is seen promptly.
         while not stop.wait(1.0):
             continue
     finally:
-        executor.stop()
+        executor.stop(grace)
         executor.store.close()  # the executor opened it (from_settings), so it closes it

@@ -7,6 +7,7 @@ code (0 fine, 1 a problem found or an operation failed, 2 nothing configured to 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
 from typing import TYPE_CHECKING, TextIO
@@ -96,6 +97,10 @@ def doctor(settings: Settings, out: TextIO | None = None) -> int:
         print(f"  {dist}: {_version(dist) or 'not installed'}", file=out)
 
     print("\ndevices:", file=out)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        print(f"  CUDA_VISIBLE_DEVICES={visible!r}: only these GPUs are visible, as cuda:0, "
+              "cuda:1, ...", file=out)
     if _version("torch") is None:
         print("  torch not installed: the diffusers engine is unavailable (pip install 'reelserve[diffusers]')", file=out)
     else:
@@ -106,6 +111,10 @@ def doctor(settings: Settings, out: TextIO | None = None) -> int:
                 prop = torch.cuda.get_device_properties(i)
                 print(f"  cuda:{i} {prop.name}, {prop.total_memory / 2**30:.1f} GiB, bf16 "
                       f"{'yes' if torch.cuda.is_bf16_supported() else 'no'}", file=out)
+            if torch.cuda.device_count() > 1 and visible is None:
+                gpus = ",".join(str(i) for i in range(torch.cuda.device_count()))
+                print(f"  several GPUs: run one worker process per GPU with `reelserve worker "
+                      f"--gpus {gpus}` (docs/deployment.md)", file=out)
         else:
             print("  no CUDA device: diffusers pipelines would run on the CPU (float32, very slow)", file=out)
         print(f"  cpu: {torch.get_num_threads()} torch threads", file=out)
