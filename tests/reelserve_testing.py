@@ -4,7 +4,8 @@
 ``REELSERVE_*`` variables (``tests/worker`` is on its ``PYTHONPATH``, so
 ``REELSERVE_ENGINE_SELECTOR=tiny_engine:engine_selector`` selects the tiny test engine). Media
 helpers make test images/videos; ``runware``, ``upload_image``, ``upload_media`` and
-``poll_results`` speak the Runware REST protocol through httpx.
+``poll_results`` speak the Runware REST protocol through httpx. :class:`WorkerProcess` runs a
+separate ``python -m reelserve worker`` against a data dir (as another machine would).
 """
 
 from __future__ import annotations
@@ -202,3 +203,55 @@ def poll_results(http: httpx.Client, task_uuid: str, number_results: int = 1,
             return items, errors
         time.sleep(0.2)
     raise AssertionError(f"task {task_uuid} did not finish within {timeout} s")
+
+
+class WorkerProcess:
+    """``python -m reelserve worker --data-dir DIR`` with its log in ``DIR/<name>.log``.
+
+    Only the given ``env`` is passed among ``REELSERVE_*`` variables; ``tests/worker`` is on the
+    ``PYTHONPATH`` so the tiny test engines can be selected.
+    """
+
+    def __init__(self, data_dir: Path, env: dict[str, str], name: str = "worker") -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self.env = env
+        self.log_path = data_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        """Spawn the worker process."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REELSERVE_")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(TESTS_DIR / "worker"), env.get("PYTHONPATH")) if p)
+        env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "reelserve", "--log-level", "info", "worker",
+                 "--data-dir", str(self.data_dir)],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def log(self) -> str:
+        """The end of the worker's log (for assertion messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs, the lease is left to expire."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then kill -9 after 15 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+

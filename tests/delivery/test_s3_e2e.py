@@ -8,9 +8,6 @@ dirs and share only the database and the bucket, as on two machines without a sh
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,8 +20,8 @@ import pytest
 from reelserve.api.media import UrlSigner
 from reelserve.media.probe import probe
 from reelserve_testing import (
-    TESTS_DIR,
     ServerFactory,
+    WorkerProcess,
     data_uri,
     make_png,
     poll_results,
@@ -97,34 +94,6 @@ def test_serve_renders_into_the_bucket_and_serves_from_it(
         assert http.get(expired).status_code == 410
 
 
-class WorkerProcess:
-    """``python -m reelserve worker --data-dir DIR``, its log in ``DIR/worker.log``."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = data_dir / "worker.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("REELSERVE_")}
-        base["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS_DIR / "worker"), base.get("PYTHONPATH")) if p)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reelserve", "--log-level", "info", "worker",
-                 "--data-dir", str(data_dir)],
-                env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 def test_a_worker_with_its_own_data_dir_completes_jobs_through_the_bucket(
     server_factory: ServerFactory, s3_bucket: S3Bucket, pg_database: str, tmp_path: Path
 ) -> None:
@@ -133,7 +102,7 @@ def test_a_worker_with_its_own_data_dir_completes_jobs_through_the_bucket(
            "REELSERVE_ENGINE_SELECTOR": "tiny_engine:engine_selector"}
     api_dir, worker_dir = tmp_path / "api-machine", tmp_path / "gpu-machine"
     srv = server_factory(env={**env, "REELSERVE_WORKERS": "0"}, data_dir=api_dir)
-    worker = WorkerProcess(worker_dir, {**env, "REELSERVE_WORKERS": "1"})
+    worker = WorkerProcess(worker_dir, {**env, "REELSERVE_WORKERS": "1"}).start()
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as http:
             # An upload reaches the server; the worker needs it as the first frame.

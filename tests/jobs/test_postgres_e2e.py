@@ -7,10 +7,6 @@ worker process, claimed through the database and stored in the shared data dir.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,54 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from reelserve_testing import TESTS_DIR, ServerFactory, poll_results, runware
+from reelserve_testing import ServerFactory, WorkerProcess, poll_results, runware
 
 pytestmark = pytest.mark.slow
 
 LEASE = "1.5"  # seconds: a killed worker's job is claimed again soon after
-
-
-class WorkerProcess:
-    """``python -m reelserve worker --data-dir DIR`` with its log in ``DIR/worker-N.log``."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str], name: str) -> None:
-        self.data_dir = data_dir
-        self.env = env
-        self.log_path = data_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REELSERVE_")}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS_DIR / "worker"), env.get("PYTHONPATH")) if p)
-        env.update(self.env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reelserve", "--log-level", "info", "worker",
-                 "--data-dir", str(self.data_dir)],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-5000:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """kill -9: no shutdown code runs, the lease is left to expire."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture
