@@ -56,7 +56,7 @@ def test_image(seed: int = 0) -> Image.Image:
     img = Image.fromarray(np.clip(base + (tex - 128) * 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(40):
-        x, y = rng.integers(0, w), rng.integers(0, h)
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
         r = int(rng.integers(15, 120))
         color = tuple(int(c) for c in rng.integers(0, 255, 3))
         if rng.random() < 0.5:

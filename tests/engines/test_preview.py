@@ -26,7 +26,13 @@ from media.media_helpers import (
 )
 from reelserve.catalog import get_catalog
 from reelserve.engines.base import Engine, ResolvedInputs, VideoInput
-from reelserve.engines.preview import SOUND_PARAMETER, PreviewEngine
+from reelserve.engines.preview import (
+    SOUND_PARAMETER,
+    CameraPose,
+    PreviewEngine,
+    _CameraCanvas,
+    _homography,
+)
 from reelserve.errors import CancelledError, EngineError, ErrorKind
 from reelserve.media.encode import encode_clip
 from reelserve.media.inputs import decode_video
@@ -229,6 +235,35 @@ def test_camera_roll_rotates_with_the_sign(value: float) -> None:
     angle = best_rotation(a, b)
     # a clockwise camera roll turns the content counter-clockwise on screen (10 deg at 5)
     assert angle * np.sign(value) > 5, angle
+
+
+@pytest.mark.parametrize(
+    "pose",
+    [
+        CameraPose(roll=15.0, scale=1.1, dx=7.0),
+        CameraPose(roll=-20.0, scale=0.7),
+        CameraPose(pitch=-9.0, scale=0.9),
+        CameraPose(yaw=11.0, dy=-5.0),
+        CameraPose(yaw=-12.0, scale=1.25),
+        CameraPose(roll=5.0, yaw=-6.0, pitch=4.0),
+    ],
+    ids=["roll", "roll-out", "pan", "tilt", "turn", "compound"],
+)
+def test_rotating_moves_sample_like_an_exact_bilinear_warp(pose: CameraPose) -> None:
+    """The fast sampler (nearest on the 2x canvas, transposed for tilts) matches the exact warp.
+
+    The reference is a bilinear projective warp of the 1x canvas through the same camera map.
+    Plain nearest-neighbour sampling of the 1x canvas scores about 37 dB here, the 2x canvas 42.
+    """
+    canvas = _CameraCanvas(FIRST, 320, 240, [pose])
+    m = np.array([[1, 0, canvas.ox], [0, 1, canvas.oy], [0, 0, 1]]) @ _homography(pose, 320, 240)
+    exact = canvas.image.transform(
+        (320, 240),
+        Image.Transform.PERSPECTIVE,
+        tuple(float(v) for v in (m / m[2, 2]).flatten()[:8]),
+        Image.Resampling.BILINEAR,
+    )
+    assert psnr(canvas.render(pose), np.asarray(exact)) >= 40
 
 
 def test_presets_are_distinct_compound_moves() -> None:
