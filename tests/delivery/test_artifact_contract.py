@@ -23,6 +23,7 @@ from reelserve.delivery.artifact_cache import ArtifactCache
 from reelserve.delivery.storage import (
     ArtifactStore,
     LocalArtifactStore,
+    derived_key,
     open_artifacts,
     owned_media_path,
 )
@@ -299,6 +300,42 @@ def test_the_sweeper_deletes_expired_outputs_and_uploads(
         assert list(artifacts.list_keys("outputs")) == list(artifacts.list_keys("uploads")) == []
     finally:
         store.close()
+
+
+def test_the_sweeper_deletes_an_expired_outputs_cover_with_it(
+    machine: Machine, tmp_path: Path
+) -> None:
+    artifacts = machine("a")
+    other = machine("b")
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    try:
+        expiring = _finished_job(store, artifacts, ttl=120)
+        kept = _finished_job(store, artifacts, ttl=3600)
+        covers = {}
+        for job in (expiring, kept):
+            [result] = store.get(job.id).results  # type: ignore[union-attr]
+            cover = artifacts.put_bytes(derived_key(result.artifact_key, "cover"), b"\xff\xd8jpg",
+                                        content_type="image/jpeg", owner="o", extension="jpg")
+            assert cover.key == f"outputs/{result.video_uuid}_cover"
+            covers[job.id] = (result.artifact_key, cover.key)
+        assert other.local_path(covers[expiring.id][1]) is not None  # cached on another machine
+        sweeper = Sweeper(_settings(tmp_path, default_ttl=60), store, artifacts)
+        report = sweeper.sweep(now=time.time() + 121)
+        assert (report.outputs, report.uploads) == (1, 0)  # the cover is not counted as an output
+        output, cover_key = covers[expiring.id]
+        assert artifacts.info(output) is None and artifacts.info(cover_key) is None
+        assert other.local_path(cover_key) is None
+        assert sorted(artifacts.list_keys("outputs")) == sorted(covers[kept.id])  # not yet due
+    finally:
+        store.close()
+
+
+def test_derived_keys_are_registered_names_beside_an_output() -> None:
+    assert derived_key("outputs/abc-1", "cover") == "outputs/abc-1_cover"
+    with pytest.raises(ValueError, match="not registered"):
+        derived_key("outputs/abc-1", "poster")
+    with pytest.raises(ValueError, match="not an output"):
+        derived_key("uploads/abc-1", "cover")
 
 
 # ----------------------------------------------------------------------------- S3 specifics

@@ -9,6 +9,10 @@ machine's cache (``ArtifactStore.local_path`` downloads it once), not by redirec
 presigned S3 URL. So clients need to reach only this server (object storage often sits on a
 private network), range requests work the same everywhere, and a URL stops working exactly when
 our signature says so.
+
+Derived outputs (a video's JPEG cover) are made here on first request, for every dialect that
+shows them, and stored beside the video under :func:`~reelserve.delivery.storage.derived_key`, so
+they are swept with it.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from reelserve.delivery.storage import derived_key
 from reelserve.errors import ErrorKind, ReelserveError
 
 if TYPE_CHECKING:
     from reelserve.api.app import Services
     from reelserve.delivery.storage import ArtifactInfo, ArtifactStore
+    from reelserve.tasks import Job, Result
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +102,25 @@ def _lookup(artifacts: ArtifactStore, key: str) -> tuple[ArtifactInfo | None, Pa
     """The artifact's facts and a local file of it (a cached download for S3: blocking)."""
     info = artifacts.info(key)
     return info, artifacts.local_path(key) if info is not None else None
+
+
+def ensure_cover(services: Services, job: Job, result: Result) -> str | None:
+    """Make the cover of ``result`` (its first frame as JPEG) unless it exists; returns its key.
+
+    Blocking (PyAV decodes one frame): call from a thread. None when the video is not stored or
+    has no frame.
+    """
+    from reelserve.media.frames import first_frame_jpeg  # lazy: no av on the server's import path
+
+    key = derived_key(result.artifact_key, "cover")
+    if services.artifacts.info(key) is not None:
+        return key
+    path = services.artifacts.local_path(result.artifact_key)
+    if path is None:
+        return None
+    data = first_frame_jpeg(path, quality=85)
+    if data is None:
+        return None
+    services.artifacts.put_bytes(key, data, content_type="image/jpeg", owner=job.owner,
+                                 extension="jpg")
+    return key

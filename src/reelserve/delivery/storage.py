@@ -1,7 +1,9 @@
 """Where output videos and uploaded media live: the ArtifactStore seam.
 
 Keys are ``outputs/<videoUUID>`` for generated videos and ``uploads/<mediaUUID>`` for media sent
-with ``imageUpload``/``mediaStorage``. Each artifact carries its content type, owner, creation
+with ``imageUpload``/``mediaStorage``; artifacts made from an output (its JPEG cover) live beside
+it as ``outputs/<videoUUID>_<name>`` (:func:`derived_key`) and go with it (:func:`delete_output`).
+Each artifact carries its content type, owner, creation
 time and extension, so a UUID is all one needs to find it again (as a task input or behind a
 signed URL). Two implementations pass one contract suite (``tests/delivery/
 test_artifact_contract.py``):
@@ -38,6 +40,14 @@ if TYPE_CHECKING:
 
 OUTPUTS = "outputs"
 UPLOADS = "uploads"
+
+DERIVED = ("cover",)
+"""Names of the artifacts derived from an output, stored beside it by :func:`derived_key`.
+
+``cover``: the first frame as JPEG, made on first request for 302-style and OpenAI-style
+clients. Registered here rather than in the dialects, so that whatever deletes an output (the
+sweeper, an OpenAI-style DELETE) deletes these with it through :func:`delete_output`.
+"""
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,34 @@ def check_key(key: str) -> None:
             f"artifact key {key!r} is not valid; expected 'outputs/<uuid>' or 'uploads/<uuid>'",
             parameter="key",
         )
+
+
+def derived_key(output_key: str, name: str) -> str:
+    """Key of the artifact ``name`` made from the output ``output_key``: ``outputs/<uuid>_<name>``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`DERIVED` (nothing would ever delete it), or
+            ``output_key`` is not an output's key.
+    """
+    if name not in DERIVED:
+        raise ValueError(f"derived artifact name {name!r} is not registered; allowed: "
+                         f"{', '.join(DERIVED)} (add it to DERIVED so it is deleted with its output)")
+    if not output_key.startswith(f"{OUTPUTS}/"):
+        raise ValueError(f"artifact key {output_key!r} is not an output's ('outputs/<uuid>')")
+    key = f"{output_key}_{name}"
+    check_key(key)
+    return key
+
+
+def delete_output(artifacts: ArtifactStore, output_key: str) -> bool:
+    """Delete an output and the artifacts derived from it; True when the output existed.
+
+    The derived ones go first: should this stop half-way, the output is still there, so the next
+    attempt (the sweeper's next pass) finds it and deletes what is left.
+    """
+    for name in DERIVED:
+        artifacts.delete(derived_key(output_key, name))
+    return artifacts.delete(output_key)
 
 
 class LocalArtifactStore:

@@ -2,9 +2,10 @@
 
 An output's URL is valid until its file's creation time + the task's ``ttl`` (or
 ``settings.default_ttl``); an upload's until its creation + ``default_ttl``. After that the URL
-answers 410 anyway, so the file only costs storage: the sweeper removes it (from whichever
-artifact store is configured: local disk or S3), and the job store marks the result expired so it
-is not looked at again. The signed URL check (``api/media.py``) and the sweeper use the same rule;
+answers 410 anyway, so the file only costs storage: the sweeper removes it together with the
+artifacts derived from it (its cover; :func:`~reelserve.delivery.storage.delete_output`) from
+whichever artifact store is configured (local disk or S3), and the job store marks the result
+expired so it is not looked at again. The signed URL check (``api/media.py``) and the sweeper use the same rule;
 the sweeper runs a little later than the URL stops working, never earlier (a result row is written
 after its file).
 
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from reelserve.delivery.storage import UPLOADS
+from reelserve.delivery.storage import UPLOADS, delete_output
 
 if TYPE_CHECKING:
     from reelserve.delivery.storage import ArtifactStore
@@ -73,7 +74,7 @@ class Sweeper:
         while True:
             batch = self.store.expired_outputs(now, self.settings.default_ttl, 200)
             for job_id, result in batch:
-                if self.artifacts.delete(result.artifact_key):
+                if delete_output(self.artifacts, result.artifact_key):  # with its cover
                     outputs += 1
                 self.store.mark_expired(job_id, result.index)
             if len(batch) < 200:

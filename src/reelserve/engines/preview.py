@@ -6,9 +6,10 @@ a seeded animated scene with the prompt as a caption. Everything is deterministi
 
 Per workflow (see ``docs/media.md`` for the full description):
 
-* ``i2v``: frame 0 is the first image fitted to the output size by :func:`cover_fit` (scale to
-  cover, centre crop); the camera then moves over it (``cameraControl``, or a gentle seeded drift
-  and zoom without one). Areas the camera reveals beyond the image are filled by mirroring it.
+* ``i2v``: frame 0 is the first image fitted to the output size by
+  :func:`~reelserve.media.frames.cover_fit` (scale to cover, centre crop); the camera then moves
+  over it (``cameraControl``, or a gentle seeded drift and zoom without one). Areas the camera
+  reveals beyond the image are filled by mirroring it.
 * ``flf2v``: starts exactly on the fitted first image and ends exactly on the fitted last image;
   in between the first image moves with the camera while the last one settles into place, with
   a smooth (smoothstep) cross-fade.
@@ -55,6 +56,7 @@ from reelserve.engines.base import (
     VideoInput,
 )
 from reelserve.errors import CancelledError, EngineError, ErrorKind
+from reelserve.media.frames import cover_canvas, cover_fit, decode_video
 from reelserve.tasks import CameraControl, GenerationSpec, Workflow
 
 if TYPE_CHECKING:
@@ -67,7 +69,6 @@ __all__ = [
     "CameraPose",
     "PreviewEngine",
     "camera_pose",
-    "cover_fit",
 ]
 
 SOUND_PARAMETER = "providerSettings.klingai.sound"
@@ -188,38 +189,6 @@ def _ease(t: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def cover_fit(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Fit ``image`` to ``width`` x ``height`` by cover-cropping (the documented fit rule).
-
-    Scale uniformly so the image covers the whole output (the smaller scale that leaves no
-    border), then crop the centre. Equivalent to ``PIL.ImageOps.fit(image, size)`` up to
-    resampling; used for i2v first frames and flf2v first/last frames.
-    """
-    return _cover_canvas(image, width, height)[0].crop(_cover_canvas_box(image.size, width, height))
-
-
-def _cover_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
-    w0, h0 = size
-    k = max(width / w0, height / h0)
-    return max(width, round(w0 * k)), max(height, round(h0 * k))
-
-
-def _cover_canvas_box(size: tuple[int, int], width: int, height: int) -> tuple[int, int, int, int]:
-    cw, ch = _cover_size(size, width, height)
-    x0, y0 = (cw - width) // 2, (ch - height) // 2
-    return x0, y0, x0 + width, y0 + height
-
-
-def _cover_canvas(image: Image.Image, width: int, height: int) -> tuple[Image.Image, int, int]:
-    """The whole image scaled to cover the output, plus the offset of the centre crop in it."""
-    from PIL import Image as PILImage
-
-    cw, ch = _cover_size(image.size, width, height)
-    img = image.convert("RGB")
-    scaled = img if (cw, ch) == img.size else img.resize((cw, ch), PILImage.Resampling.LANCZOS)
-    return scaled, (cw - width) // 2, (ch - height) // 2
-
-
 def _homography(pose: CameraPose, width: int, height: int) -> np.ndarray:
     """3x3 matrix mapping output pixel coordinates to frame-0 coordinates for ``pose``."""
     import numpy as np
@@ -291,7 +260,7 @@ class _CameraCanvas:
         from PIL import Image as PILImage
 
         self.width, self.height = width, height
-        scaled, ox, oy = _cover_canvas(image, width, height)
+        scaled, ox, oy = cover_canvas(image, width, height)
         corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], dtype=float)
         lo = np.array([0.0, 0.0])
         hi = np.array([float(width), float(height)])
@@ -434,25 +403,18 @@ def _video_frames(
     Output frame ``j`` shows the source frame on screen at time ``j / fps`` (frames are dropped
     or repeated as the rates require).
     """
-    import av
+    import contextlib
+
     import numpy as np
 
-    from reelserve.media.inputs import sniff
-    from reelserve.media.probe import SAFE_OPEN_OPTIONS
-
-    with video.path.open("rb") as fh:
-        kind = sniff(fh.read(64))
-    fmt = kind[1] if kind and kind[0] == "video" else None
     src_fps = video.fps if video.fps > 0 else float(fps)
     while True:
         out_index = 0
-        with av.open(str(video.path), format=fmt, options=SAFE_OPEN_OPTIONS) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for index, frame in enumerate(container.decode(stream)):
+        with contextlib.closing(decode_video(video.path)) as decoded:
+            for index, frame in enumerate(decoded):
                 fitted: np.ndarray | None = None
                 while math.floor(out_index * src_fps / fps + 1e-6) <= index:
-                    if fitted is None:
+                    if fitted is None:  # convert only the frames that are shown
                         img = frame.to_image()
                         if img.size != (width, height):
                             img = cover_fit(img, width, height)

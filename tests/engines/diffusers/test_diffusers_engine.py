@@ -13,7 +13,6 @@ from PIL import Image
 from reelserve.engines.base import Clip, ResolvedInputs, VideoInput
 from reelserve.engines.diffusers.engine import (
     DiffusersEngine,
-    fit_image,
     generation_frames,
     generation_size,
     resample_indices,
@@ -277,14 +276,6 @@ def test_resample_indices_nearest_in_time_and_stretch_when_capped() -> None:
     # capped source (5 s) over a 10 s output: stretched to the end, not frozen at 5 s
     idx = resample_indices(81, 16, 300, 30)
     assert idx[-1] == 80 and idx[150] == 40
-
-
-def test_fit_image_cover_crops_to_exact_size() -> None:
-    image = Image.new("RGB", (400, 100), (0, 0, 255))
-    image.paste((255, 0, 0), (150, 0, 250, 100))  # a red band in the middle
-    fitted = fit_image(image, 64, 64)
-    assert fitted.size == (64, 64)
-    assert np.asarray(fitted)[32, 32].tolist()[0] > 200  # the centre survives the crop
 
 
 def test_profile_guidance_mapping() -> None:

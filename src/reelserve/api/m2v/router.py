@@ -3,7 +3,8 @@
 Parsing and rendering live in :mod:`reelserve.api.m2v.schema`; this module only reads the
 request, stores checked images as uploads (the worker resolves them by UUID, like Runware
 uploads), runs the one validator, creates the job and answers in the 302 envelope. Blocking work
-(Pillow, the job store, PyAV for covers) runs in threads.
+(Pillow, the job store, PyAV for covers: :func:`reelserve.api.media.ensure_cover`) runs in
+threads.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from starlette.datastructures import UploadFile
 
 from reelserve.api.auth import authenticate, bearer_token
 from reelserve.api.m2v import schema
+from reelserve.api.media import ensure_cover
+from reelserve.delivery.storage import UPLOADS
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
 from reelserve.tasks import Job, Result
 
 if TYPE_CHECKING:
     from reelserve.api.app import Services
 
-UPLOADS = "uploads"
-OUTPUTS = "outputs"
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
 
 
@@ -181,38 +182,6 @@ class M2VService:
         return schema.render_task(job, links)
 
 
-def cover_key(result: Result) -> str:
-    """Artifact key of a result's cover image."""
-    return f"{OUTPUTS}/{result.video_uuid}_cover"
-
-
-def ensure_cover(services: Services, job: Job, result: Result) -> str | None:
-    """Make the cover of ``result`` (its first frame as JPEG) unless it exists; returns its key.
-
-    Blocking (PyAV decodes one frame): call from a thread. None when the video is not local.
-    """
-    key = cover_key(result)
-    if services.artifacts.info(key) is not None:
-        return key
-    path = services.artifacts.local_path(result.artifact_key)
-    if path is None:
-        return None
-    import io
-
-    import av  # lazy: the server imports no av at start
-
-    with av.open(str(path)) as container:
-        frame = next(container.decode(video=0), None)
-        if frame is None:
-            return None
-        image = frame.to_image()
-    out = io.BytesIO()
-    image.convert("RGB").save(out, format="JPEG", quality=85)
-    services.artifacts.put_bytes(key, out.getvalue(), content_type="image/jpeg", owner=job.owner,
-                                 extension="jpg")
-    return key
-
-
 def m2v_router(services: Services) -> APIRouter:
     """The 302-style routes (six submit paths and fetch)."""
     router = APIRouter(tags=["302-style Kling"])
@@ -251,4 +220,4 @@ def m2v_router(services: Services) -> APIRouter:
     return router
 
 
-__all__ = ["M2VService", "ensure_cover", "m2v_router"]
+__all__ = ["M2VService", "m2v_router"]

@@ -18,7 +18,9 @@ from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_conver
 from starlette.datastructures import UploadFile
 
 from reelserve.api.auth import authenticate, bearer_token
+from reelserve.api.media import ensure_cover
 from reelserve.api.openai import schema
+from reelserve.delivery.storage import UPLOADS, delete_output
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
 from reelserve.tasks import Job, JobStatus
 
@@ -75,7 +77,7 @@ class OpenAIService:
         content_type = types[kind[1].upper()]
         ext = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[kind[1].upper()]
         media_uuid = str(uuid.uuid4())
-        self.services.artifacts.put_bytes(f"uploads/{media_uuid}", data,
+        self.services.artifacts.put_bytes(f"{UPLOADS}/{media_uuid}", data,
                                           content_type=content_type, owner=owner,
                                           extension=ext.lstrip("."))
         return media_uuid
@@ -110,12 +112,9 @@ class OpenAIService:
 
     def remove(self, job: Job) -> None:
         """Delete the outputs (and covers) of a terminal or abandoned job, then the job."""
-        from reelserve.api.m2v.router import cover_key
-
         current = self.services.store.get(job.id) or job
         for result in current.results:
-            self.services.artifacts.delete(result.artifact_key)
-            self.services.artifacts.delete(cover_key(result))
+            delete_output(self.services.artifacts, result.artifact_key)
         self.services.store.delete(job.id)
 
 
@@ -223,8 +222,6 @@ def openai_router(services: Services) -> APIRouter:
             result = job.results[0]
             key, media_type = result.artifact_key, result.content_type
             if variant == "thumbnail":
-                from reelserve.api.m2v.router import ensure_cover
-
                 cover = await run_in_threadpool(ensure_cover, services, job, result)
                 if cover is None:
                     raise NotFoundError("contentNotFound", "no thumbnail is available",

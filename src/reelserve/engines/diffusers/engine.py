@@ -31,6 +31,7 @@ from reelserve.engines.base import CancelledFn, Clip, ProgressFn, ResolvedInputs
 from reelserve.engines.diffusers.profiles import Profile, ProfileEntry, ProfileSet
 from reelserve.engines.diffusers.residency import ResidencyCache
 from reelserve.errors import CancelledError, EngineError, ErrorKind, ReelserveError
+from reelserve.media.frames import cover_fit, first_frame, iter_video_frames
 from reelserve.tasks import GenerationSpec, Workflow
 
 if TYPE_CHECKING:
@@ -79,20 +80,6 @@ def generation_frames(profile: Profile, duration: float) -> int:
     return frames
 
 
-def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Cover-fit: scale so the image covers ``width x height``, then centre-crop to it."""
-    from PIL import Image as PILImage
-
-    image = image.convert("RGB")
-    scale = max(width / image.width, height / image.height)
-    new_w = max(width, round(image.width * scale))
-    new_h = max(height, round(image.height * scale))
-    resized = image.resize((new_w, new_h), PILImage.Resampling.LANCZOS)
-    left = (new_w - width) // 2
-    top = (new_h - height) // 2
-    return resized.crop((left, top, left + width, top + height))
-
-
 def resample_indices(src_frames: int, src_fps: float, dst_frames: int, dst_fps: float) -> list[int]:
     """For each output frame, the nearest source frame in time (clamped to the source)."""
     if src_frames <= 0:
@@ -109,31 +96,23 @@ def resample_indices(src_frames: int, src_fps: float, dst_frames: int, dst_fps: 
 
 def _read_video(video: VideoInput, fps: float, num_frames: int, width: int, height: int) -> list[Image.Image]:
     """Decode ``video``, resample it to ``num_frames`` at ``fps`` and cover-fit each frame."""
-    import av
-
-    frames: list[Image.Image] = []
-    with av.open(str(video.path)) as container:
-        stream = container.streams.video[0]
-        for frame in container.decode(stream):
-            frames.append(frame.to_image())
+    frames = list(iter_video_frames(video.path))
     if not frames:
         raise EngineError(
             "invalidVideo", f"input video {video.path.name} has no decodable frames", parameter="inputs.video"
         )
     src_fps = len(frames) / video.duration if video.duration > 0 else video.fps
     idx = resample_indices(len(frames), src_fps, num_frames, fps)
-    return [fit_image(frames[i], width, height) for i in idx]
+    return [cover_fit(frames[i], width, height) for i in idx]
 
 
 def _first_frame_of(video: VideoInput) -> Image.Image:
-    import av
-
-    with av.open(str(video.path)) as container:
-        for frame in container.decode(container.streams.video[0]):
-            return frame.to_image().convert("RGB")
-    raise EngineError(
-        "invalidVideo", f"reference video {video.path.name} has no frames", parameter="inputs.referenceVideos"
-    )
+    image = first_frame(video.path)
+    if image is None:
+        raise EngineError(
+            "invalidVideo", f"reference video {video.path.name} has no frames", parameter="inputs.referenceVideos"
+        )
+    return image
 
 
 class DiffusersEngine:
@@ -286,11 +265,11 @@ class DiffusersEngine:
         frames = generation_frames(profile, spec.duration)
 
         def fit(image: Image.Image) -> Image.Image:
-            return fit_image(image, gen_w, gen_h)
+            return cover_fit(image, gen_w, gen_h)
 
-        refs = [fit_image(im, gen_w, gen_h) for im in inputs.reference_images]
+        refs = [cover_fit(im, gen_w, gen_h) for im in inputs.reference_images]
         # Kling's reference videos have no VACE counterpart; their first frames serve as references.
-        refs += [fit_image(_first_frame_of(v), gen_w, gen_h) for v in inputs.reference_videos]
+        refs += [cover_fit(_first_frame_of(v), gen_w, gen_h) for v in inputs.reference_videos]
         video = None
         if inputs.input_video is not None and spec.workflow is Workflow.V2V:
             video = _read_video(inputs.input_video, profile.native_fps, frames, gen_w, gen_h)
@@ -386,7 +365,7 @@ def _clip(video: np.ndarray, src_fps: int, width: int, height: int, fps: int, co
             if i != last_index:
                 image = PILImage.fromarray(source[i])
                 if image.size != (width, height):
-                    image = fit_image(image, width, height)
+                    image = cover_fit(image, width, height)
                 last_index, last_frame = i, np.asarray(image, dtype=np.uint8)
             assert last_frame is not None
             yield last_frame
