@@ -38,16 +38,63 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
+class _ReelserveProcess:
+    """A ``python -m reelserve ...`` subprocess with its own log file under ``data_dir``.
+
+    Only the given ``env`` is passed among ``REELSERVE_*`` variables; ``tests/worker`` is on the
+    ``PYTHONPATH`` so the tiny test engines can be selected.
+    """
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None, log_name: str) -> None:
+        self.data_dir = data_dir
+        self.env = dict(env or {})
+        self.log_path = data_dir / log_name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, args: list[str]) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REELSERVE_")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(TESTS_DIR / "worker"), env.get("PYTHONPATH")) if p)
+        env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "reelserve", *args],
+                                         env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        """The end of the process's log (for assertion messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs (a worker's lease is left to expire)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful stop (SIGTERM), then SIGKILL after ``timeout`` seconds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        """Whether the process is running."""
+        return self.proc is not None and self.proc.poll() is None
+
+
+class ServerProcess(_ReelserveProcess):
     """``python -m reelserve serve`` in a subprocess, with its log in ``data_dir/server.log``."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
                  port: int | None = None) -> None:
-        self.data_dir = data_dir
-        self.env = dict(env or {})
+        super().__init__(data_dir, env, "server.log")
         self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / "server.log"
 
     @property
     def url(self) -> str:
@@ -55,18 +102,9 @@ class ServerProcess:
 
     def start(self, timeout: float = SERVER_START_TIMEOUT) -> ServerProcess:
         """Start the server and wait until /health answers."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REELSERVE_")}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS_DIR / "worker"), env.get("PYTHONPATH")) if p)
-        env.update(self.env)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reelserve", "--log-level", "warning", "serve",
-             "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+        self._spawn(["--log-level", "warning", "serve", "--port", str(self.port),
+                     "--data-dir", str(self.data_dir)])
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -77,30 +115,6 @@ class ServerProcess:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server did not answer /health within {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-5000:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """kill -9: no shutdown code runs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        """Graceful stop (SIGTERM), then SIGKILL if needed."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 ServerFactory = Callable[..., "ServerProcess"]
@@ -205,53 +219,13 @@ def poll_results(http: httpx.Client, task_uuid: str, number_results: int = 1,
     raise AssertionError(f"task {task_uuid} did not finish within {timeout} s")
 
 
-class WorkerProcess:
-    """``python -m reelserve worker --data-dir DIR`` with its log in ``DIR/<name>.log``.
-
-    Only the given ``env`` is passed among ``REELSERVE_*`` variables; ``tests/worker`` is on the
-    ``PYTHONPATH`` so the tiny test engines can be selected.
-    """
+class WorkerProcess(_ReelserveProcess):
+    """``python -m reelserve worker --data-dir DIR`` with its log in ``DIR/<name>.log``."""
 
     def __init__(self, data_dir: Path, env: dict[str, str], name: str = "worker") -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = data_dir
-        self.env = env
-        self.log_path = data_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(data_dir, env, f"{name}.log")
 
     def start(self) -> WorkerProcess:
         """Spawn the worker process."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REELSERVE_")}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS_DIR / "worker"), env.get("PYTHONPATH")) if p)
-        env.update(self.env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reelserve", "--log-level", "info", "worker",
-                 "--data-dir", str(self.data_dir)],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
+        self._spawn(["--log-level", "info", "worker", "--data-dir", str(self.data_dir)])
         return self
-
-    def log(self) -> str:
-        """The end of the worker's log (for assertion messages)."""
-        try:
-            return self.log_path.read_text(errors="replace")[-5000:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """kill -9: no shutdown code runs, the lease is left to expire."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        """SIGTERM, then kill -9 after 15 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
