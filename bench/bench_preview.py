@@ -31,8 +31,8 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from reelserve.engines.base import ResolvedInputs
 from reelserve.engines.preview import PreviewEngine
+from reelserve.media.clip import ResolvedInputs
 from reelserve.media.encode import X264_PRESET, crf_for, encode_clip
 from reelserve.tasks import CameraControl, GenerationSpec, OutputFormat, Workflow
 

@@ -1,4 +1,4 @@
-"""Command line: ``reelserve serve | worker | generate | models | doctor``.
+"""Command line: ``reelserve serve | worker | generate | tasks | models | doctor``.
 
 Every setting also comes from ``REELSERVE_*`` environment variables; explicit options win. How
 ``reelserve worker`` lays out its processes (``--gpus``, ``--processes``) is an option only. One
@@ -24,7 +24,7 @@ def _settings(args: argparse.Namespace) -> Any:
     from reelserve.settings import Settings
 
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "workers"):
+    for name in ("host", "port", "data_dir", "workers", "shutdown_grace"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -38,15 +38,39 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    # Profiles (and --preload ids) are checked before anything listens: a bad file stops here.
+    registry = _engines_at_start(settings, args.preload)
+    app = create_app(settings, select_engine=registry, preload=args.preload)
     logging.getLogger("reelserve").info(
         "reelserve %s serving on %s (data dir %s, %d worker thread(s))",
         __version__, settings.base_url, settings.data_dir, settings.workers)
     # uvicorn's own WebSocket frame cap (16 MiB) would close the socket before our
     # payloadTooLarge error for frames between it and max_body_bytes; give it headroom.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log, ws_max_size=settings.max_body_bytes + (1 << 20))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=args.log_level, access_log=args.access_log,
+                            ws_max_size=settings.max_body_bytes + (1 << 20))
+    _draining_server_class()(config).run()
     return 0
+
+
+def _draining_server_class() -> Any:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, whose SIGTERM/SIGINT first stops the worker threads claiming.
+
+        Then uvicorn drains as usual (no new connections, open requests answered) and the
+        app's shutdown lets running jobs finish for ``shutdown_grace`` seconds, hands back
+        the rest and closes the job store last (``create_app``'s lifespan).
+        """
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stop_claiming = getattr(self.config.app.state, "stop_claiming", None)
+            if stop_claiming is not None:
+                stop_claiming()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -61,6 +85,7 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log = logging.getLogger("reelserve")
+    registry = _engines_at_start(settings, args.preload)
     if args.gpus_per_worker is not None and args.gpus is None:
         raise ValidationError("invalidGpus", "--gpus-per-worker needs --gpus (the GPUs to group)",
                               parameter="--gpus-per-worker")
@@ -72,17 +97,29 @@ def _worker(args: argparse.Namespace) -> int:
         log.info("reelserve worker on %s: %d supervised process(es) (%s), %d slot(s) each",
                  settings.data_dir, len(slots), ", ".join(slot.label for slot in slots),
                  max(1, settings.workers))
-        run_supervised(settings, slots, stop, threads=settings.workers, grace=args.grace)
+        run_supervised(settings, slots, stop, threads=settings.workers, grace=args.grace,
+                       preload=args.preload)
         return 0
 
-    from reelserve.worker.loop import run_standalone
+    from reelserve.worker.executors import run_standalone
 
     if args.parent_pid is not None:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop),
                          name="reelserve-parent-watch", daemon=True).start()
     log.info("reelserve worker on %s (%d slot(s))", settings.data_dir, max(1, settings.workers))
-    run_standalone(settings, stop, name=args.worker_name, grace=args.grace)
+    run_standalone(settings, stop, name=args.worker_name, grace=args.grace,
+                   select_engine=registry, preload=args.preload)
     return 0
+
+
+def _engines_at_start(settings: Any, preload: Sequence[str]) -> Any:
+    """The engine registry, built (profiles validated, ``--preload`` ids checked) at start.
+
+    Raises the refusal (``invalidProfile`` ...) that ``main`` prints before exiting non-zero.
+    """
+    from reelserve.engines.diffusers.cli import engines_at_start
+
+    return engines_at_start(settings, preload)
 
 
 def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
@@ -99,7 +136,15 @@ def _models(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.models_command == "pull":
+        from reelserve import safety
+
+        if safety.wants_pull(settings, args.name):  # the content checker (docs/safety.md)
+            return safety.pull_command(settings)
         return diffusers_cli.models_pull(settings, args.name)
+    if args.models_command is None:
+        from reelserve.client.cli import models_catalog
+
+        return models_catalog(settings)
     return diffusers_cli.models_list(settings)
 
 
@@ -109,16 +154,11 @@ def _doctor(args: argparse.Namespace) -> int:
     return diffusers_cli.doctor(_settings(args))
 
 
-def _size(text: str) -> tuple[int, int]:
-    from reelserve.client.cli import parse_size
+def _webhook_secret(args: argparse.Namespace) -> int:
+    from reelserve.delivery.webhook import resolve_secret
 
-    return parse_size(text)
-
-
-def _generate(args: argparse.Namespace) -> int:
-    from reelserve.client import cli as client_cli
-
-    return client_cli.generate(args)
+    print(resolve_secret(_settings(args)))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, help="job database, outputs and uploads")
     serve.add_argument("--workers", type=int, help="worker threads beside the server (0: none)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--grace", dest="shutdown_grace", type=float, metavar="SECONDS",
+                       help="on SIGTERM/SIGINT, how long running jobs may take to finish before "
+                       "they go back to the queue (default REELSERVE_SHUTDOWN_GRACE, 10)")
+    serve.add_argument("--preload", nargs="+", default=[], metavar="ID",
+                       help="model ids whose pipelines are loaded (and compiled) before the "
+                       "worker takes jobs")
     serve.set_defaults(func=_serve)
 
     worker = sub.add_parser("worker", help="run worker slots only, against a data dir")
@@ -155,40 +201,37 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM/SIGINT, how long running jobs may take to finish "
                         "(default 30); supervised processes still running 5 s after it are "
                         "killed")
+    worker.add_argument("--preload", nargs="+", default=[], metavar="ID",
+                        help="model ids whose pipelines are loaded (and compiled) before the "
+                        "worker takes jobs")
     worker.add_argument("--name", dest="worker_name",
                         help="label in this worker's lease ids and log lines (e.g. gpu0)")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     worker.set_defaults(func=_worker)
 
-    models = sub.add_parser("models", help="diffusers profiles and their weights")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    models_sub.add_parser("list", help="profiles, whether weights are present, what each serves")
+    models = sub.add_parser("models", help="the model catalog and what renders each id here "
+                            "(no subcommand); diffusers profiles and their weights")
+    models_sub = models.add_subparsers(dest="models_command")
+    for name in ("profiles", "list"):  # "list" kept for scripts written before "profiles"
+        models_sub.add_parser(name, help="diffusers profiles, whether weights are present, "
+                              "what each serves")
     pull = models_sub.add_parser("pull", help="download a profile's weights from the hub")
-    pull.add_argument("name", help="weights folder name (see `models list`), hub repo id or model id")
+    pull.add_argument("name", help="weights folder name (see `models list`), hub repo id or model "
+                      "id; `safety`: the content checker (REELSERVE_SAFETY_MODEL)")
     models.set_defaults(func=_models)
 
     doctor = sub.add_parser("doctor", help="what engines, devices, weights and settings this install has")
     doctor.set_defaults(func=_doctor)
 
-    gen = sub.add_parser("generate", help="generate videos on a running server (Runware client)")
-    gen.add_argument("--url", default="http://127.0.0.1:8000", help="server root URL")
-    gen.add_argument("--api-key", help="API key (default: REELSERVE_API_KEY)")
-    gen.add_argument("--model", required=True, help="AIR id, e.g. klingai:1@1")
-    gen.add_argument("--prompt", help="positivePrompt")
-    gen.add_argument("--negative-prompt", help="negativePrompt")
-    gen.add_argument("--image", help="first frame: a file or an http(s) URL (imageUpload)")
-    gen.add_argument("--last-image", help="last frame: a file or an http(s) URL")
-    gen.add_argument("--duration", type=float, help="seconds (the model's allowed values)")
-    gen.add_argument("--size", type=_size, help="WIDTHxHEIGHT, e.g. 1280x720")
-    gen.add_argument("--format", default="MP4", type=str.upper, choices=["MP4", "WEBM", "MOV"])
-    gen.add_argument("--number-results", type=int, default=1, help="videos to make (1-4)")
-    gen.add_argument("--seed", type=int, help="seed of the first video")
-    gen.add_argument("--cfg-scale", type=float, help="CFGScale (0-1)")
-    gen.add_argument("-o", "--output", type=Path,
-                     help="output file (out-1.mp4, out-2.mp4, ... for several) or directory")
-    gen.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the videos")
-    gen.add_argument("--request-timeout", type=float, default=120.0, help="seconds per HTTP request")
-    gen.set_defaults(func=_generate)
+    secret = sub.add_parser("webhook-secret", help="print the whsec_ secret webhooks are signed "
+                            "with (REELSERVE_WEBHOOK_SECRET, else generated in the data dir)")
+    secret.add_argument("--data-dir", type=Path, help="the server's data dir")
+    secret.set_defaults(func=_webhook_secret)
+
+    # generate and tasks talk to a running server (reelserve.client); options and help live there.
+    from reelserve.client.cli import add_client_commands
+
+    add_client_commands(sub)
     return parser
 
 

@@ -28,6 +28,7 @@ class ErrorKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # engine/model not available here (503)
     TIMEOUT = "timeout"  # provider/engine took too long (504)
     INTERNAL = "internal"  # our bug or an engine crash (500)
+    STORAGE_FULL = "storage_full"  # the disk (or database) is full: try again later (507)
 
 
 _HTTP_STATUS = {
@@ -41,6 +42,7 @@ _HTTP_STATUS = {
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.TIMEOUT: 504,
     ErrorKind.INTERNAL: 500,
+    ErrorKind.STORAGE_FULL: 507,
 }
 
 
@@ -153,8 +155,45 @@ class EngineError(ReelserveError):
     default_kind = ErrorKind.INTERNAL
 
 
+STORAGE_FULL_CODE = "insufficientStorage"
+"""The code of a refusal because the server's disk or job database is full (HTTP 507)."""
+
+
+class StorageFullError(ReelserveError):
+    """No space left where the server keeps jobs or files (code :data:`STORAGE_FULL_CODE`).
+
+    A temporary condition: the client may retry later; a worker puts its job back and backs
+    off instead of failing it.
+    """
+
+    default_kind = ErrorKind.STORAGE_FULL
+
+
+def storage_full(where: str, cause: BaseException | None = None) -> StorageFullError:
+    """The refusal for a full disk at ``where`` (``the job database``, ``artifact storage``)."""
+    detail = f" ({cause})" if cause is not None else ""
+    return StorageFullError(STORAGE_FULL_CODE, f"no space left in {where}{detail}; nothing "
+                            "was stored; try again later")
+
+
+CANCELLED_CODE = "taskCancelled"
+"""The one code of a cancelled task, whoever noticed the cancellation (store, worker, engine,
+encoder) and whichever dialect reports it."""
+
+
+CONTENT_POLICY_CODE = "contentPolicyViolation"
+"""The code of a task whose input, or whose withheld output, the content checker flagged."""
+
+
+class ContentPolicyError(ReelserveError):
+    """The content checker flagged an input, or an output the server withholds
+    (code :data:`CONTENT_POLICY_CODE`; see ``docs/safety.md``)."""
+
+    default_kind = ErrorKind.FORBIDDEN
+
+
 class CancelledError(ReelserveError):
-    """The job was cancelled while it ran."""
+    """The job was cancelled while it ran (its code is :data:`CANCELLED_CODE`)."""
 
 
 def invalid(

@@ -15,6 +15,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[list[str], NoDecode]
+SecretCsvList = Annotated[list[SecretStr], NoDecode]
+"""A comma-separated list of secrets (API keys, key pairs): each item is a :class:`SecretStr`."""
+
+SECRET_SHOWN = "(set)"
+"""What :meth:`Settings.redacted` shows in place of a configured secret."""
 
 
 class Settings(BaseSettings):
@@ -32,7 +37,7 @@ class Settings(BaseSettings):
         default=None,
         description="Base URL clients reach this server at (for videoURL); default http://host:port",
     )
-    api_keys: CsvList = Field(
+    api_keys: SecretCsvList = Field(
         default_factory=list,
         description="Accepted API keys; with none, only loopback clients are served",
     )
@@ -42,12 +47,22 @@ class Settings(BaseSettings):
     )
 
     # job store and workers
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(  # a PostgreSQL URL carries its password
         default=None, description="sqlite:///path or postgresql://...; default SQLite in data_dir"
     )
     workers: int = Field(default=1, ge=0, description="worker slots run beside the server")
     lease_seconds: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1, description="claims of a job that may fail "
+                              "(engine or worker error) before the job fails")
+    max_worker_losses: int = Field(
+        default=10, ge=1, description="times a job's worker may vanish (killed, crashed: its "
+        "lease expired) before the job fails with workerLost; a graceful stop hands jobs back "
+        "and costs nothing",
+    )
+    shutdown_grace: float = Field(
+        default=10.0, ge=0, description="on SIGTERM, seconds running jobs get to finish before "
+        "they are handed back to the queue for another worker",
+    )
     prefer_max_wait: float = Field(
         default=30.0, ge=0, description="seconds after which a queued job is claimed in arrival "
         "order even when workers prefer jobs for their loaded models (0: strict arrival order)",
@@ -75,12 +90,30 @@ class Settings(BaseSettings):
     )
     prores_mov: bool = Field(default=False, description="encode MOV as ProRes 422 HQ instead of H.264")
 
+    # content safety (docs/safety.md): checks run only for requests with safety.checkContent
+    safety_model: str | None = Field(
+        default=None, description="image classifier for content checks: a local folder "
+        "(transformers image-classification model) or a hub repo id that `reelserve models pull "
+        "safety` downloads into <data_dir>/models/safety; unset: no checker",
+    )
+    safety_labels: CsvList = Field(
+        default_factory=lambda: ["nsfw"], description="classifier labels that count as unsafe",
+    )
+    safety_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="an image is flagged when an unsafe label scores this or more",
+    )
+    safety_on_flag: Literal["withhold", "deliver"] = Field(
+        default="withhold", description="a flagged output: withhold it and fail the task "
+        "(contentPolicyViolation), or deliver it with NSFWContent true",
+    )
+    safety_batch_size: int = Field(default=16, ge=1, description="frames classified per batch")
+
     # delivery and outbound
     default_ttl: int = Field(default=86400, ge=60, description="output URL lifetime when no ttl given")
-    url_secret: str | None = Field(default=None, description="key signing output URLs")
-    webhook_secret: str | None = Field(default=None, description="HMAC key for webhook signatures")
+    url_secret: SecretStr | None = Field(default=None, description="key signing output URLs")
+    webhook_secret: SecretStr | None = Field(default=None, description="whsec_ secret webhooks are signed with (Standard Webhooks); unset: generated into <data_dir>/webhook_secret")
     outbound_allow: CsvList = Field(default_factory=list)
-    kling_keys: CsvList = Field(
+    kling_keys: SecretCsvList = Field(
         default_factory=list,
         description="Kling API key pairs ACCESS:SECRET (JWT HS256, iss = access key) for /v1/videos/*2video",
     )
@@ -96,6 +129,7 @@ class Settings(BaseSettings):
     delivery_concurrency: int = Field(default=4, ge=1, description="deliveries attempted in parallel")
     delivery_poll_interval: float = Field(default=1.0, gt=0, description="outbox poll interval (s)")
     sweep_interval: float = Field(default=60.0, gt=0, description="seconds between expired-artifact sweeps")
+    job_retention_days: float = Field(default=30.0, ge=0, description="terminal jobs older than this are purged with their artifacts by the sweeper (0: keep forever)")
 
     # artifacts: outputs and uploaded media (delivery/storage.py, docs/deployment.md)
     artifacts_url: str | None = Field(
@@ -128,8 +162,10 @@ class Settings(BaseSettings):
     # per-key limits (0 = unlimited)
     rate_submits_per_minute: int = Field(default=120, ge=0, description="videoInference submits per key per minute")
     rate_max_in_flight: int = Field(default=32, ge=0, description="queued+running tasks per key")
+    rate_uploads_per_minute: int = Field(default=120, ge=0, description="media uploads (input files) per key per minute")
+    rate_upload_bytes_per_hour: int = Field(default=5 * 1024**3, ge=0, description="bytes of media uploads per key per hour")
 
-    @field_validator("api_keys", "outbound_allow", "kling_keys", mode="before")
+    @field_validator("api_keys", "outbound_allow", "kling_keys", "safety_labels", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -150,8 +186,24 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """The job store URL, defaulting to SQLite inside the data dir."""
-        return self.database_url or f"sqlite:///{self.data_dir / 'reelserve.db'}"
+        """The job store URL (in clear: it is for the store to connect with, never to print),
+        defaulting to SQLite inside the data dir."""
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'reelserve.db'}"
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by name, each secret (by its type, :class:`SecretStr`, alone or in a
+        list) shown as ``(set)`` when configured: what ``reelserve doctor`` and logs may print."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = SECRET_SHOWN if value.get_secret_value() else None
+            elif isinstance(value, list) and any(isinstance(item, SecretStr) for item in value):
+                value = f"{SECRET_SHOWN} x{len(value)}"
+            out[name] = value
+        return out
 
     @property
     def base_url(self) -> str:

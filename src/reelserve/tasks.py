@@ -266,7 +266,11 @@ class Result(BaseModel):
     duration: float
     has_audio: bool = False
     cost: float | None = None
-    nsfw: bool | None = None
+    nsfw: bool | None = None  # set when a content check ran (Runware ``NSFWContent``)
+    safety_seconds: float | None = None  # time the content check took (reelserve.safety)
+    safety_frames: int | None = None  # images/frames the content check classified
+    render_seconds: float | None = None  # engine time of this result (metrics: render histogram)
+    encode_seconds: float | None = None  # encoder time of this result (lazy engines render in it)
 
 
 class Job(BaseModel):

@@ -2,7 +2,10 @@
 
 The page's JavaScript is checked against the real server it is served by: every task type it
 sends is one the server runs, every field it reads from a reply is one the server sends, and
-every element id it looks up is in the page.
+every element id it looks up is in the page. Then the page runs in a real headless Chromium
+(Debian's ``chromium`` driven by playwright, see ``playground_browser.py``): generate, watch progress,
+cancel, play, history after a reload, the key prompt and the server's refusals. Screenshots are
+kept under ``REELSERVE_TEST_ARTIFACTS`` (or a pytest temporary directory).
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from playground_browser import Browser, open_browser
 
+from reelserve.catalog import get_catalog
 from reelserve_testing import (
     ServerFactory,
     ServerProcess,
@@ -30,7 +35,6 @@ from reelserve_testing import (
 )
 
 WEB_DIR = Path(str(resources.files("reelserve.web")))
-HARNESS = Path(__file__).resolve().parent / "playground_harness.mjs"
 
 
 class _Page(HTMLParser):
@@ -84,14 +88,21 @@ def test_page_is_served_with_a_strict_policy(client: httpx.Client) -> None:
     # The routes that were there before are untouched.
     assert client.get("/health").json()["status"] == "ok"
     assert client.get("/playground/nope.js").status_code == 404
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
 
 
 def test_page_references_only_same_origin_resources(client: httpx.Client) -> None:
     _, page = _page(client)
-    assert sorted(page.refs) == ["/playground/app.css", "/playground/app.js"]
-    types = {"/playground/app.css": "text/css", "/playground/app.js": "text/javascript"}
+    assert sorted(page.refs) == ["/docs", "/favicon.ico", "/playground/app.css",
+                                 "/playground/app.js"]
+    types = {"/playground/app.css": "text/css", "/playground/app.js": "text/javascript",
+             "/favicon.ico": "image/x-icon"}
     for ref in page.refs:
         assert ref.startswith("/") and not ref.startswith("//")
+        if ref not in types:
+            continue  # /docs: a same-origin link, not a resource the page loads
         asset = client.get(ref)
         assert asset.status_code == 200
         assert asset.headers["content-type"].startswith(types[ref])
@@ -111,9 +122,10 @@ def test_page_script_calls_endpoints_and_fields_that_exist(client: httpx.Client)
     looked_up = set(re.findall(r'\$\("([\w-]+)"\)', script))
     assert looked_up and looked_up <= page.ids, looked_up - page.ids
 
-    # One endpoint, POST /v1, and the task types the server runs.
-    assert re.findall(r"fetch\((\w+)", script) == ["ENDPOINT"]
+    # Two endpoints, POST /v1 and the task API, and the task types the server runs.
+    assert re.findall(r"fetch\((\w+)", script) == ["ENDPOINT", "TASKS_ENDPOINT"]
     assert 'const ENDPOINT = "/v1";' in script
+    assert 'const TASKS_ENDPOINT = "/v1/tasks";' in script
     task_types = set(re.findall(r'taskType: "(\w+)"', script))
     assert task_types == {"modelSearch", "imageUpload", "videoInference", "getResponse",
                           "getTaskDetails"}
@@ -151,6 +163,21 @@ def test_page_script_calls_endpoints_and_fields_that_exist(client: httpx.Client)
     detail_fields = set(re.findall(r"\bdetails\.(\w+)", script))
     assert detail_fields <= set(details), detail_fields
 
+    # The history reads task objects of /v1/tasks and their results.
+    listed = client.get("/v1/tasks", params={"limit": 1}).json()
+    entry, = listed["data"]
+    entry_fields = set(re.findall(r"\bentry\.(\w+)", script))
+    assert entry_fields and entry_fields <= set(entry), entry_fields - set(entry)
+    assert set(re.findall(r"\bpage\.(\w+)", script)) <= set(listed)
+    result_fields = set(re.findall(r"\bresult\.(\w+)", script))
+    assert result_fields and result_fields <= set(entry["results"][0]), result_fields
+    assert set(re.findall(r"\bentry\.error\.(\w+)", script)) <= {"code", "message", "parameter"}
+
+    # The camera choices are the catalog's.
+    camera = get_catalog().camera
+    assert f"const CAMERA_TYPES = {json.dumps(camera.types)};" in script
+    assert f"const CAMERA_AXES = {json.dumps(camera.axes)};" in script
+
 
 needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 
@@ -162,57 +189,144 @@ def test_page_script_parses() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def run_page(server: ServerProcess, tmp_path: Path, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run app.js in Node on a minimal DOM of index.html (playground_harness.mjs) against
-    ``server``; returns the page's final state."""
-    scenario = tmp_path / f"scenario-{uuid.uuid4().hex[:8]}.json"
-    scenario.write_text(json.dumps({
-        "server": server.url, "index": str(WEB_DIR / "index.html"),
-        "script": str(WEB_DIR / "app.js"), "steps": steps, "timeout_ms": 120_000}))
-    done = subprocess.run(["node", str(HARNESS), str(scenario)], capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 0, done.stderr
-    state: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return state
+# ------------------------------------------------------------------------------------ browser
 
 
-@needs_node
-def test_page_generates_with_a_first_frame_and_shows_the_videos(
-        server: ServerProcess, client: httpx.Client, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """One headless Chromium for the module (skipped, or failed on CI, without one)."""
+    with open_browser(tmp_path_factory.mktemp("screenshots")) as opened:
+        yield opened
+
+
+def test_browser_generates_with_camera_and_cfg_and_plays(
+        server: ServerProcess, client: httpx.Client, browser: Browser, tmp_path: Path) -> None:
     first = tmp_path / "first.png"
     first.write_bytes(make_png(720, 720, seed=4))
-    state = run_page(server, tmp_path, [
-        {"set": {"model": "klingai:1@1"}, "files": {"first-frame": str(first)}},
-        {"set": {"prompt": "a paper boat drifting", "size": "720x720", "duration": "5",
-                 "number-results": "2", "seed": "21"}},
-        {"submit": "generate-form"},
-    ])
-    assert state["error"] is False and state["message"].startswith("done in ")
-    assert state["progress"] == 100
-    assert len(state["models"]) == 13
-    assert state["durations"] == ["5", "10"] and "720x720" in state["sizes"]
-    assert state["lastFrameHidden"] is True and state["firstFrameRequired"] is False
-    captions = sorted(r["caption"] for r in state["results"])
+    page = browser.page(server.url)
+    browser.wait(page, "document.querySelectorAll('#model option').length > 0")
+    assert page.locator("#model option").count() == 13
+    assert "klingai" not in (page.get_attribute("#prompt", "placeholder") or "")
+    page.select_option("#model", "klingai:1@1")
+    page.set_input_files("#first-frame", str(first))
+    # The chosen frame is previewed before anything is uploaded.
+    browser.wait(page, "document.getElementById('first-preview').naturalWidth === 720")
+    assert page.locator("#last-frame-field").is_hidden()
+    assert [o for o in page.locator("#duration option").all_inner_texts()] == ["5", "10"]
+    page.fill("#prompt", "a paper boat drifting")
+    page.select_option("#size", "720x720")
+    page.select_option("#number-results", "2")
+    page.fill("#seed", "21")
+    page.fill("#cfg-scale", "0.6")
+    page.select_option("#camera-type", "simple")
+    page.select_option("#camera-axis", "zoom")
+    page.fill("#camera-value", "4")
+    page.click("#submit")
+    # Progress is shown while it renders, and the task is in the history at once.
+    page.wait_for_selector("#progress:not([hidden])")
+    page.wait_for_selector("#history li")
+    browser.screenshot(page, "generating")
+    browser.wait(page, "document.getElementById('message').textContent.startsWith('done in')",
+                           timeout=120)
+    assert page.eval_on_selector("#progress", "p => p.value") == 100
+    captions = sorted(page.locator("#results figcaption").all_inner_texts())
     assert captions == ["seed 21 · 0.1848 USD · download", "seed 22 · 0.1848 USD · download"]
-    for result in state["results"]:
-        video = client.get(result["src"])
+    # The videos really play in the browser (H.264 decoded, time advances).
+    browser.wait(page,
+        "[...document.querySelectorAll('#results video')].every(v => v.currentTime > 0.2)")
+    browser.screenshot(page, "done")
+    for src in page.eval_on_selector_all("#results video", "vs => vs.map(v => v.src)"):
+        video = client.get(src)
         assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    # What the page sent: camera control and CFG as the Runware protocol names them.
+    task_uuid = page.get_attribute("#history li", "data-task-uuid")
+    details = runware(client, [{"taskType": "getTaskDetails",
+                                "taskUUID": task_uuid}]).json()["data"][0]
+    assert details["request"]["CFGScale"] == 0.6
+    assert details["request"]["providerSettings"] == {"klingai": {"cameraControl": {
+        "type": "simple", "config": {"zoom": 4}}}}
+    assert page.inner_text("#history li .task-status") == "succeeded"
+    # Changing the model clears the result of the previous one.
+    page.select_option("#model", "klingai:1@2")
+    assert page.locator("#results figure").count() == 0 and page.inner_text("#message") == ""
+    assert browser.errors == [], browser.errors
 
 
-@needs_node
-def test_page_shows_the_server_refusal(server: ServerProcess, tmp_path: Path) -> None:
+def test_browser_cancel_history_after_reload_and_play(
+        server_factory: ServerFactory, browser: Browser) -> None:
+    srv = server_factory(env={"REELSERVE_WORKERS": "1"})
+    with httpx.Client(base_url=srv.url, timeout=60) as http:
+        # A long render holds the only worker (submitted by another client, any dialect).
+        long = http.post("/v1/videos", json={"model": "klingai:5@3", "prompt": "slow sunset",
+                                             "seconds": "10", "size": "1920x1080"}).json()
+        page = browser.page(srv.url)
+        browser.wait(page, "document.querySelectorAll('#model option').length > 0")
+        page.wait_for_selector("#history li .task-progress")
+        # The page's own task waits behind it; cancel it from the status area.
+        page.select_option("#model", "klingai:1@1")
+        page.fill("#prompt", "a queued kite")
+        page.select_option("#size", "720x720")
+        page.click("#submit")
+        page.wait_for_selector("#cancel-current:not([hidden])")
+        browser.wait(page, "document.querySelectorAll('#history li').length === 2")
+        browser.screenshot(page, "queued")
+        page.click("#cancel-current")
+        browser.wait(page,
+            "document.getElementById('message').textContent.includes('ancel')", timeout=30)
+        assert "error" in (page.get_attribute("#message", "class") or "")
+        # Cancel the long one from the history: it stops within a step.
+        browser.wait(page, "document.querySelectorAll('#history .task-cancel').length === 1")
+        page.click("#history .task-cancel")
+        browser.wait(page,
+            "[...document.querySelectorAll('#history .task-status')]"
+            ".every(s => s.textContent === 'cancelled')", timeout=30)
+        statuses = http.get("/v1/tasks").json()["data"]
+        assert [t["status"] for t in statuses] == ["cancelled", "cancelled"]
+        assert statuses[1]["id"] == long["id"]
+
+        # A finished task, then a reload: the history is still there, and plays.
+        ok = http.post("/v1/videos", json={"prompt": "a lamp", "size": "720x720"}).json()
+        deadline = 60.0
+        while http.get(f"/v1/tasks/{ok['id']}").json()["status"] != "succeeded" and deadline > 0:
+            page.wait_for_timeout(200)
+            deadline -= 0.2
+        page.reload()
+        # The cached history shows before the server answers; then the server's list.
+        browser.wait(page, "document.querySelectorAll('#history li').length === 3")
+        cached = page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('reelserve.history'))")
+        assert len(cached) == 1
+        assert page.inner_text("#history li .task-status") == "succeeded"
+        page.click("#history li .task-play")
+        browser.wait(page,
+            "(() => { const v = document.querySelector('#results video');"
+            " return v && v.currentTime > 0.2; })()")
+        href = page.get_attribute("#history li .task-download", "href") or ""
+        assert http.get(href).headers["content-type"] == "video/mp4"
+        browser.screenshot(page, "history-after-reload")
+    # The only refusal: getResponse of the cancelled task (its taskCancelled error, shown above).
+    assert set(browser.errors) <= {f"HTTP 400 POST {srv.url}/v1"}, browser.errors
+
+
+def test_browser_shows_the_server_refusal(server: ServerProcess, browser: Browser) -> None:
     # klingai:2@1 is image-to-video only: the page marks the frame required; sent without
-    # one anyway, the server's refusal is what the status line shows.
-    state = run_page(server, tmp_path, [
-        {"set": {"model": "klingai:2@1", "prompt": "a paper boat"}},
-        {"submit": "generate-form"},
-    ])
-    assert state["firstFrameRequired"] is True
-    assert state["error"] is True and state["results"] == []
-    assert state["message"].startswith("unsupportedWorkflow: ")
-    assert "(parameter: inputs.frameImages)" in state["message"]
+    # one anyway (the submit event bypasses the browser's own form check), the server's refusal
+    # is what the status line shows.
+    page = browser.page(server.url)
+    browser.wait(page, "document.querySelectorAll('#model option').length > 0")
+    page.select_option("#model", "klingai:2@1")
+    page.fill("#prompt", "a paper boat")
+    assert page.eval_on_selector("#first-frame", "el => el.required") is True
+    page.eval_on_selector("#generate-form",
+                          "f => f.dispatchEvent(new Event('submit', {cancelable: true}))")
+    browser.wait(page, "document.getElementById('message').classList.contains('error')")
+    message = page.inner_text("#message")
+    assert message.startswith("unsupportedWorkflow: ")
+    assert "(parameter: inputs.frameImages)" in message
+    assert page.locator("#results figure").count() == 0
     # klingai:6@0 takes its size from the first frame: the size field is hidden.
-    assert run_page(server, tmp_path, [{"set": {"model": "klingai:6@0"}}])["sizeHidden"] is True
+    page.select_option("#model", "klingai:6@0")
+    assert page.locator("#size-field").is_hidden()
+    browser.screenshot(page, "refusal")
 
 
 def test_with_api_keys_the_page_loads_and_the_api_asks_for_a_key(
@@ -230,12 +344,17 @@ def test_with_api_keys_the_page_loads_and_the_api_asks_for_a_key(
         assert runware(http, search, headers={"Authorization": "Bearer key-a"}).status_code == 200
 
 
-@needs_node
-def test_page_asks_for_a_key_and_keeps_it(server_factory: ServerFactory) -> None:
+def test_browser_asks_for_a_key_and_keeps_it(server_factory: ServerFactory,
+                                             browser: Browser) -> None:
     srv = server_factory(env={"REELSERVE_API_KEYS": "key-a", "REELSERVE_WORKERS": "0"})
-    asked = run_page(srv, srv.data_dir, [])
-    assert asked["keyPanelShown"] is True and asked["models"] == []
-    assert asked["error"] is True and asked["message"].startswith("invalidApiKey: ")
-    keyed = run_page(srv, srv.data_dir, [{"set": {"api-key": "key-a"}, "submit": "key-form"}])
-    assert keyed["keyPanelShown"] is False and keyed["error"] is False
-    assert len(keyed["models"]) == 13
+    page = browser.page(srv.url, expect_errors=True)  # the first calls answer 401
+    page.wait_for_selector("#key-panel:not([hidden])")
+    browser.wait(page, "document.getElementById('message').classList.contains('error')")
+    assert page.inner_text("#message").startswith("invalidApiKey: ")
+    assert page.locator("#model option").count() == 0
+    page.fill("#api-key", "key-a")
+    page.click("#key-form button[type=submit]")
+    browser.wait(page, "document.querySelectorAll('#model option').length === 13")
+    assert page.locator("#key-panel").is_hidden()
+    assert "error" not in (page.get_attribute("#message", "class") or "")
+    browser.screenshot(page, "key-accepted")

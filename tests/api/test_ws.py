@@ -197,6 +197,21 @@ async def test_sync_is_pushed_without_ack_with_progress(ws_server: ServerProcess
         assert progress == sorted(progress)
 
 
+async def test_sync_in_any_case_is_pushed_like_rest(ws_server: ServerProcess) -> None:
+    # The handler reads deliveryMethod (case-insensitively, as REST does) and tells the
+    # transport to push: "SYNC" gets no ACK but the result, exactly like "sync".
+    async with websockets.connect(ws_url(ws_server)) as ws:
+        await auth(ws)
+        video = task(deliveryMethod="SYNC")
+        await send(ws, video)
+        frames, videos = await collect(ws, video["taskUUID"], 1, 2 * WAIT)
+        assert not any(f.get("errors") for f in frames), frames
+        [result] = videos
+        assert result["videoURL"].startswith(ws_server.url) and "status" not in result
+        acks = [i for f in frames for i in f["data"] if set(i) == {"taskType", "taskUUID"}]
+        assert acks == [], frames
+
+
 async def test_resent_task_uuid_gets_conflict(ws_server: ServerProcess) -> None:
     async with websockets.connect(ws_url(ws_server)) as ws:
         await auth(ws)

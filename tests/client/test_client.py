@@ -199,3 +199,32 @@ async def test_async_client(server: ServerProcess, tmp_path: Path) -> None:
         with pytest.raises(ValidationError) as bad:
             await client.video_inference(**{**T2V, "width": 1000, "height": 1000})
         assert bad.value.code == "invalidDimensions" and bad.value.parameter in ("width", "height")
+
+
+def test_task_api_list_get_cancel(rs: Client) -> None:
+    task_uuid = rs.submit(**T2V)
+    task = rs.get_task(task_uuid)
+    assert task["taskUUID"] == task_uuid and task["origin"] == "runware"
+    assert rs.auth_mode == "keyless"
+    page = rs.list_tasks(limit=1)
+    assert [t["taskUUID"] for t in page["data"]] == [task_uuid]
+    cancelled = rs.cancel_task(task_uuid)
+    assert cancelled["status"] in ("cancelled", "cancelling", "succeeded")
+    with pytest.raises(NotFoundError) as missing:
+        rs.get_task("no-such-task")
+    assert missing.value.code == "taskNotFound" and missing.value.parameter == "taskUUID"
+    with pytest.raises(ValidationError) as bad:
+        rs.list_tasks(status="finished")
+    assert bad.value.code == "invalidStatus"
+
+
+async def test_async_task_api(server: ServerProcess) -> None:
+    async with AsyncClient(server.url) as client:
+        task_uuid = await client.submit(**T2V)
+        listed = await client.list_tasks(status=["queued", "running", "succeeded"], limit=100)
+        assert task_uuid in [t["taskUUID"] for t in listed["data"]]
+        await client.wait_for(task_uuid, poll_interval=0.2)
+        done = await client.get_task(task_uuid)
+        assert done["status"] == "succeeded" and len(done["results"]) == 1
+        again = await client.cancel_task(task_uuid)  # a finished task is left as it is
+        assert again["status"] == "succeeded" and client.auth_mode == "keyless"

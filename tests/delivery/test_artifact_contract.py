@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
+from reelserve.delivery import open_artifacts
 from reelserve.delivery.artifact_cache import ArtifactCache
 from reelserve.delivery.storage import (
     ArtifactStore,
     LocalArtifactStore,
     derived_key,
-    open_artifacts,
     owned_media_path,
 )
 from reelserve.delivery.sweeper import Sweeper

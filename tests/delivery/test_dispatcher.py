@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from receiver_helpers import Receiver
 
+from reelserve.api.runware.render import describe_deliveries as describe
 from reelserve.delivery import webhook
-from reelserve.delivery.dispatcher import Dispatcher, StatusEvent, describe
+from reelserve.delivery.dispatcher import Dispatcher, StatusEvent
 from reelserve.delivery.storage import LocalArtifactStore
 from reelserve.jobs.sqlite import SQLiteJobStore
 from reelserve.settings import Settings
@@ -150,17 +151,61 @@ def test_a_tampered_body_or_old_timestamp_fails_verification() -> None:
     assert webhook.verify(SECRET, body, headers)
     assert not webhook.verify(SECRET, body + b" ", headers)
     assert not webhook.verify("other", body, headers)
-    assert not webhook.verify(SECRET, body, {**headers, webhook.SIGNATURE_HEADER: "v1=00"})
+    assert not webhook.verify(SECRET, body, {**headers, webhook.SIGNATURE_HEADER: "v1,AAAA"})
+    assert not webhook.verify(SECRET, body, {**headers, webhook.DELIVERY_HEADER: "other"})
     assert not webhook.verify(SECRET, body, headers, now=time.time() + 301)
     unsigned = webhook.signed_headers(body, secret=None, delivery_id="d", attempt=1)
     assert webhook.SIGNATURE_HEADER not in unsigned
-    # the documented recipe: hex HMAC-SHA256 over "<timestamp>.<body>"
+    # the Standard Webhooks recipe: base64 HMAC-SHA256 over "<id>.<timestamp>.<body>", keyed
+    # with the secret's bytes (an operator's own secret; a whsec_ one is base64 of the key)
+    import base64
     import hashlib
     import hmac
 
     ts = headers[webhook.TIMESTAMP_HEADER]
-    mac = hmac.new(SECRET.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-    assert headers[webhook.SIGNATURE_HEADER] == f"v1={mac}"
+    mac = hmac.new(SECRET.encode(), b"d." + ts.encode() + b"." + body, hashlib.sha256).digest()
+    assert headers[webhook.SIGNATURE_HEADER] == "v1," + base64.b64encode(mac).decode()
+    # and any Standard Webhooks library verifies it with the whsec_ form of the secret
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    standard = webhook.standard_secret(SECRET)
+    assert standard.startswith("whsec_")
+    assert Webhook(standard).verify(body, headers) == {"data": [1]}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(standard).verify(body + b" ", headers)
+
+
+def test_standard_webhooks_receiver_verifies_across_a_retry(
+    tmp_path: Path, store: SQLiteJobStore, artifacts: LocalArtifactStore, receiver: Receiver
+) -> None:
+    """No REELSERVE_WEBHOOK_SECRET: a secret is generated and kept in the data dir; a receiver
+    verifying with the ``standardwebhooks`` library accepts every attempt, and a retry carries
+    the same webhook-id with a fresh valid signature."""
+    from standardwebhooks import Webhook
+
+    receiver.fail_first = 1
+    d = Dispatcher(settings(tmp_path, webhook_secret=None), store, artifacts)
+    d.register_renderer("runware", renderer)
+    kept = (tmp_path / webhook.SECRET_FILE).read_text().strip()
+    assert d.secret == kept and kept.startswith("whsec_")
+    assert (tmp_path / webhook.SECRET_FILE).stat().st_mode & 0o077 == 0  # owner only
+    job, _ = finished_job(store, artifacts, hook=f"{receiver.url}/hook", results=1)
+    drain(d, store, job.id)
+    assert [r.answered for r in receiver.seen] == [503, 200]
+    first, retry = receiver.seen
+    hook = Webhook(kept)
+    for r in (first, retry):
+        payload = hook.verify(r.body, r.headers)
+        assert payload["data"][0]["taskUUID"] == job.task_uuid
+    assert first.headers[webhook.DELIVERY_HEADER] == retry.headers[webhook.DELIVERY_HEADER]
+    assert first.headers[webhook.DELIVERY_HEADER] == f"{job.id}:webhook:0"
+    assert [r.headers[webhook.ATTEMPT_HEADER] for r in (first, retry)] == ["1", "2"]
+    # a restart (a new dispatcher on the same data dir) signs with the same kept secret
+    again = Dispatcher(settings(tmp_path, webhook_secret=None), store, artifacts)
+    assert again.secret == kept
+    # and a configured secret wins over the kept one
+    own = Dispatcher(settings(tmp_path, webhook_secret="whsec_" + "A" * 32), store, artifacts)
+    assert own.secret == "whsec_" + "A" * 32
 
 
 def test_failure_webhook(
@@ -338,3 +383,16 @@ def test_status_change_without_a_status_renderer_fails(
     assert row.state == "failed" and row.attempts == 1
     assert row.last_error is not None and "no status renderer" in row.last_error
     assert receiver.seen == []
+
+
+def test_cli_prints_the_secret_the_dispatcher_signs_with(
+    tmp_path: Path, store: SQLiteJobStore, artifacts: LocalArtifactStore,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reelserve.cli import main
+
+    monkeypatch.delenv("REELSERVE_WEBHOOK_SECRET", raising=False)
+    assert main(["webhook-secret", "--data-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("whsec_")
+    assert Dispatcher(settings(tmp_path, webhook_secret=None), store, artifacts).secret == printed

@@ -98,3 +98,46 @@ def test_sweeper_thread_starts_and_stops(tmp_path: Path) -> None:
         assert artifacts.info("uploads/u1") is None
     finally:
         store.close()
+
+
+def test_sweeper_purges_old_terminal_jobs_with_their_files(tmp_path: Path) -> None:
+    import uuid
+
+    from reelserve.tasks import GenerationSpec, Job, JobStatus, Result, Workflow
+
+    def job() -> Job:
+        task = str(uuid.uuid4())
+        spec = GenerationSpec(task_uuid=task, model="klingai:1@1", workflow=Workflow.T2V,
+                              width=720, height=720, fps=30, duration=5.0, seeds=[1])
+        return Job(id=str(uuid.uuid4()), task_uuid=task, owner="a", spec=spec)
+
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+    store = SQLiteJobStore(tmp_path / "db.sqlite")
+    try:
+        done = store.create(job())
+        assert store.claim("w", 30) is not None
+        output = artifacts.put_bytes(f"outputs/{done.id}-0", b"video", content_type="video/mp4",
+                                     extension="mp4")
+        store.add_result(done.id, "w", Result(
+            index=0, video_uuid=str(uuid.uuid4()), seed=1, artifact_key=output.key,
+            content_type="video/mp4", size_bytes=5, width=720, height=720, fps=30.0,
+            num_frames=150, duration=5.0))
+        assert store.finish(done.id, "w")
+        waiting = store.create(job())
+        day = 86400.0
+        # default_ttl beyond the retention: only the retention can remove the output here
+        settings = Settings(_env_file=None, default_ttl=90 * 86400, job_retention_days=30)  # type: ignore[call-arg]
+        sweeper = Sweeper(settings, store, artifacts)
+        assert sweeper.sweep(now=time.time() + 29 * day).jobs == 0
+        assert store.get(done.id) is not None and artifacts.info(output.key) is not None
+        report = sweeper.sweep(now=time.time() + 31 * day)
+        assert report.jobs == 1
+        assert store.get(done.id) is None and artifacts.info(output.key) is None
+        kept = store.get(waiting.id)  # not terminal: never purged
+        assert kept is not None and kept.status is JobStatus.QUEUED
+        forever = Settings(_env_file=None, job_retention_days=0)  # type: ignore[call-arg]
+        store.request_cancel(waiting.id)
+        assert Sweeper(forever, store, artifacts).sweep(now=time.time() + 999 * day).jobs == 0
+        assert store.get(waiting.id) is not None
+    finally:
+        store.close()

@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 from receiver_helpers import Receiver
 
-from reelserve.delivery import webhook
-from reelserve.delivery.storage import open_artifacts
+from reelserve.delivery import open_artifacts, webhook
 from reelserve.delivery.sweeper import Sweeper
 from reelserve.jobs.sqlite import SQLiteJobStore
 from reelserve.settings import Settings

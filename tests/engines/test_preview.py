@@ -25,15 +25,11 @@ from media.media_helpers import (
     psnr,
 )
 from reelserve.catalog import get_catalog
-from reelserve.engines.base import Engine, ResolvedInputs, VideoInput
-from reelserve.engines.preview import (
-    SOUND_PARAMETER,
-    CameraPose,
-    PreviewEngine,
-    _CameraCanvas,
-    _homography,
-)
+from reelserve.engines.base import Engine
+from reelserve.engines.preview import SOUND_PARAMETER, CameraPose, PreviewEngine
+from reelserve.engines.preview.camera import CameraCanvas, homography
 from reelserve.errors import CancelledError, EngineError, ErrorKind
+from reelserve.media.clip import ResolvedInputs, VideoInput
 from reelserve.media.encode import encode_clip
 from reelserve.media.inputs import decode_video
 from reelserve.media.probe import probe
@@ -255,8 +251,8 @@ def test_rotating_moves_sample_like_an_exact_bilinear_warp(pose: CameraPose) -> 
     The reference is a bilinear projective warp of the 1x canvas through the same camera map.
     Plain nearest-neighbour sampling of the 1x canvas scores about 37 dB here, the 2x canvas 42.
     """
-    canvas = _CameraCanvas(FIRST, 320, 240, [pose])
-    m = np.array([[1, 0, canvas.ox], [0, 1, canvas.oy], [0, 0, 1]]) @ _homography(pose, 320, 240)
+    canvas = CameraCanvas(FIRST, 320, 240, [pose])
+    m = np.array([[1, 0, canvas.ox], [0, 1, canvas.oy], [0, 0, 1]]) @ homography(pose, 320, 240)
     exact = canvas.image.transform(
         (320, 240),
         Image.Transform.PERSPECTIVE,

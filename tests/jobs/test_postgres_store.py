@@ -20,7 +20,8 @@ import pytest
 from test_store_contract import make_job
 
 from reelserve.errors import ReelserveError
-from reelserve.jobs.store import JobStore, open_store
+from reelserve.jobs import open_store
+from reelserve.jobs.store import JobStore
 from reelserve.settings import Settings
 
 

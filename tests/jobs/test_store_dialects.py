@@ -1,4 +1,4 @@
-"""Store methods the dialects need: list_jobs (owner, origin, offset/after paging) and delete.
+"""Store methods the dialects need: list_jobs (owner, origin, offset/cursor paging) and delete.
 
 Runs over every store in ``test_store_contract.STORES``.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from test_store_contract import STORES, store_factory
 
+from reelserve.jobs.rows import job_cursor
 from reelserve.jobs.store import JobStore
 from reelserve.tasks import GenerationSpec, Job, JobStatus, Workflow
 
@@ -37,15 +38,21 @@ def test_list_jobs_by_owner_origin_with_paging(store: JobStore) -> None:
     store.create(_job("a", "kling.text2video", 10))
     store.create(_job("b", "openai", 20))
     # create() stamps created_at itself; order follows insertion.
-    ids = [j.id for j in store.list_jobs("a", origin="openai", limit=10)]
-    assert ids == [f"j-{i}" for i in (4, 3, 2, 1, 0)]
-    assert [j.id for j in store.list_jobs("a", origin="openai", limit=2, offset=2)] == \
-        ["j-2", "j-1"]
-    assert [j.id for j in store.list_jobs("a", origin="openai", limit=2, after="j-3")] == \
-        ["j-2", "j-1"]
-    assert len(store.list_jobs("a", limit=100)) == 6
-    assert [j.id for j in store.list_jobs("b")] == ["j-20"]
-    assert store.list_jobs("b", after="j-3") == []  # a cursor of another owner
+    jobs, cursor = store.list_jobs("a", origin="openai", limit=10)
+    assert [j.id for j in jobs] == [f"j-{i}" for i in (4, 3, 2, 1, 0)]
+    assert cursor is None
+    jobs, _ = store.list_jobs("a", origin="openai", limit=2, offset=2)
+    assert [j.id for j in jobs] == ["j-2", "j-1"]
+    third = store.get("j-3")
+    assert third is not None
+    jobs, cursor = store.list_jobs("a", origin="openai", limit=2, after=job_cursor(third))
+    assert [j.id for j in jobs] == ["j-2", "j-1"]
+    assert cursor is not None
+    assert [j.id for j in store.list_jobs("a", origin="openai", after=cursor)[0]] == ["j-0"]
+    assert len(store.list_jobs("a", limit=100)[0]) == 6
+    assert [j.id for j in store.list_jobs("b")[0]] == ["j-20"]
+    # a cursor made from another owner's job still lists only this owner's jobs
+    assert store.list_jobs("b", after=job_cursor(third))[0] == []
 
 
 def test_delete_removes_job_and_stops_its_worker(store: JobStore) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from media.media_helpers import audio_duration, make_image, make_video
-from reelserve.engines.base import AudioSource, Clip
-from reelserve.errors import CancelledError, EngineError
+from reelserve.errors import CANCELLED_CODE, CancelledError, EngineError
+from reelserve.media.clip import AudioSource, Clip
 from reelserve.media.encode import content_type_for, crf_for, encode_clip, extension_for
 from reelserve.media.probe import probe
 from reelserve.tasks import OutputFormat
@@ -134,12 +134,13 @@ def test_short_clip_and_bad_frames_are_engine_errors(tmp_path: Path) -> None:
 
 def test_cancel_removes_the_partial_file(tmp_path: Path) -> None:
     ticks = iter(range(100))
-    with pytest.raises(CancelledError):
+    with pytest.raises(CancelledError) as err:
         encode_clip(
             clip(n=48), tmp_path / "c.mp4", output_format=OutputFormat.MP4, quality=70,
             cancelled=lambda: next(ticks) > 3,
         )  # fmt: skip
     assert not (tmp_path / "c.mp4").exists()
+    assert err.value.code == CANCELLED_CODE  # the one code every layer and dialect uses
 
 
 def test_progress_reaches_one(tmp_path: Path) -> None:

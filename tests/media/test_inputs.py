@@ -11,7 +11,9 @@ from PIL import Image, PngImagePlugin
 
 from media.media_helpers import image_bytes, make_image, make_video, png_bomb
 from reelserve.catalog import get_catalog
+from reelserve.catalog.validate import resolve_media
 from reelserve.errors import ErrorKind, MediaError, NotFoundError, ReelserveError
+from reelserve.media.clip import ResolvedInputs
 from reelserve.media.inputs import decode_image, decode_video, resolve_inputs, resolve_ref, sniff
 from reelserve.tasks import FrameImage, FramePosition, GenerationSpec, Workflow
 
@@ -301,16 +303,37 @@ def test_resolve_inputs_names_the_failing_input(tmp_path: Path) -> None:
     assert (nf.value.code, nf.value.parameter) == ("mediaNotFound", "inputs.video")
 
 
+def _v2v_spec() -> GenerationSpec:
+    # As the validator leaves a v2v spec: size and duration follow the input video.
+    return _spec(workflow=Workflow.V2V, input_video=UUID, width=None, height=None, duration=None)
+
+
+def _edit_facts(inputs: ResolvedInputs) -> tuple[int, int, float]:
+    assert inputs.input_video is not None
+    return inputs.input_video.width, inputs.input_video.height, inputs.input_video.duration
+
+
 def test_v2v_input_duration_follows_the_catalog(tmp_path: Path) -> None:
     edit = get_catalog().model("klingai:kling@o1-standard").video_edit
     assert edit is not None
     frames = max(1, int(edit.min_duration * 24) - 12)  # half a second too short
     video = make_video(tmp_path / "short.mp4", width=320, height=320, frames=frames)
+    # media/inputs reports the fact; resolve_media is the one place that refuses it.
+    inputs = resolve_inputs(_v2v_spec(), lookup={UUID: video}.get, fetch=None, workdir=tmp_path)
+    assert _edit_facts(inputs)[2] == pytest.approx(frames / 24)
     with pytest.raises(MediaError) as err:
-        resolve_inputs(
-            _spec(workflow=Workflow.V2V, input_video=UUID),
-            lookup={UUID: video}.get,
-            fetch=None,
-            workdir=tmp_path,
-        )
+        resolve_media(_v2v_spec(), input_video=_edit_facts(inputs))
     assert (err.value.code, err.value.parameter) == ("invalidVideoDuration", "inputs.video")
+
+
+@pytest.mark.parametrize(("frames", "expected"), [(201, 10.0), (59, 3.0)])
+def test_v2v_input_within_the_snap_is_resolved_not_refused(
+    tmp_path: Path, frames: int, expected: float
+) -> None:
+    """Issue 11: a 10.05 s (or 2.95 s) edit video was refused by media/inputs before
+    resolve_media could snap it; now inputs report it and resolve_media snaps it to the range."""
+    video = make_video(tmp_path / "edit.mp4", width=320, height=320, fps=20, frames=frames)
+    inputs = resolve_inputs(_v2v_spec(), lookup={UUID: video}.get, fetch=None, workdir=tmp_path)
+    assert _edit_facts(inputs) == (320, 320, pytest.approx(frames / 20))
+    spec = resolve_media(_v2v_spec(), input_video=_edit_facts(inputs))
+    assert (spec.width, spec.height, spec.duration) == (320, 320, expected)

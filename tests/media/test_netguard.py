@@ -116,6 +116,8 @@ class Server:
                     self._send(404, b"nope")
                 elif path in ("/huge", "/huge-chunked"):
                     self._stream_huge(declared=path == "/huge")
+                elif path == "/redirect-huge":
+                    self._stream_huge(declared=True, status=302, Location="/ok")
                 elif path == "/hang":
                     time.sleep(3)
                     self._send(200, b"late")
@@ -133,9 +135,11 @@ class Server:
                 else:
                     self._send(200, b"hello")
 
-            def _stream_huge(self, *, declared: bool) -> None:
-                self.send_response(200)
+            def _stream_huge(self, *, declared: bool, status: int = 200, **extra: str) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", "video/mp4")
+                for k, v in extra.items():
+                    self.send_header(k, v)
                 if declared:
                     self.send_header("Content-Length", str(1 << 30))
                 else:
@@ -594,3 +598,245 @@ def test_import_is_light() -> None:
         [__import__("sys").executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# Redirects: httpx follows them, every hop passes through the vetting transport
+# --------------------------------------------------------------------------------------------
+
+
+def test_each_redirect_hop_is_resolved_vetted_and_pinned(
+    server: Server, connect_spy: list[Any]
+) -> None:
+    other = Server()
+    try:
+        calls: list[tuple[str, int]] = []
+
+        def resolver(host: str, port: int) -> list[str]:
+            calls.append((host, port))
+            return ["127.0.0.1"]
+
+        policy = OutboundPolicy(allow=("127.0.0.1",), resolver=resolver, connect_timeout=1.0)
+        to = f"http://second.test:{other.port}/ok"
+        got = fetch(
+            f"http://first.test:{server.port}/redirect?to={to}", max_bytes=100, policy=policy
+        )
+        assert got.content == b"\x89PNG fake"
+        assert got.final_url == to
+        # one resolution per hop, each name resolved by the policy's resolver only
+        assert calls == [("first.test", server.port), ("second.test", other.port)]
+        # each hop connected to the vetted IP while Host kept the name
+        assert server.requests[-1]["headers"]["Host"] == f"first.test:{server.port}"
+        assert other.requests[-1]["headers"]["Host"] == f"second.test:{other.port}"
+        assert connect_spy == [("127.0.0.1", server.port), ("127.0.0.1", other.port)]
+    finally:
+        other.close()
+
+
+def test_redirect_to_a_name_resolving_to_loopback_never_connects(
+    server: Server, connect_spy: list[Any]
+) -> None:
+    target = Listener("127.0.0.2")
+    try:
+        policy = OutboundPolicy(
+            allow=("127.0.0.1",),
+            resolver=lambda host, port: {"inside.test": ["127.0.0.2"]}[host],
+            connect_timeout=1.0,
+        )
+        with pytest.raises(OutboundBlockedError) as info:
+            fetch(
+                f"http://127.0.0.1:{server.port}/redirect?to=http://inside.test:{target.port}/",
+                max_bytes=100,
+                policy=policy,
+                parameter="inputs.video",
+            )
+        assert info.value.code == "blockedAddress"
+        assert "resolves to 127.0.0.2" in info.value.message
+        assert info.value.parameter == "inputs.video"  # a hop's refusal still names the field
+        time.sleep(0.1)
+        assert target.connections == 0
+        assert connect_spy == [("127.0.0.1", server.port)]
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("host", ["0177.0.0.2", "0x7f.2", "127.2"])
+def test_redirect_to_an_encoded_loopback_form_is_blocked(
+    server: Server, host: str, connect_spy: list[Any]
+) -> None:
+    # httpx's own parser rejects some of these forms; the guard names them first.
+    with pytest.raises(OutboundBlockedError) as info:
+        fetch(
+            f"http://127.0.0.1:{server.port}/redirect?to=http://{host}/",
+            max_bytes=100,
+            policy=LOCAL,
+        )
+    assert info.value.code == "blockedAddress"
+    assert "127.0.0.2" in info.value.message
+    assert {a[0] for a in connect_spy} == {"127.0.0.1"}
+
+
+def test_redirect_body_is_never_read(server: Server) -> None:
+    """A 302 carrying a 1 GB body: httpx would read it into memory; the transport drops it."""
+    started = time.monotonic()
+    got = fetch(f"http://127.0.0.1:{server.port}/redirect-huge", max_bytes=100, policy=LOCAL)
+    assert got.content == b"\x89PNG fake"
+    # not following: the redirect itself comes back, without its body
+    resp = request("GET", f"http://127.0.0.1:{server.port}/redirect-huge", policy=LOCAL)
+    assert resp.status == 302 and resp.body == b"" and resp.headers["location"] == "/ok"
+    time.sleep(0.2)
+    assert server.sent_bytes < 64 * 1024 * 1024
+    assert time.monotonic() - started < 5
+
+
+def test_guarded_client_is_a_plain_httpx_client(server: Server, connect_spy: list[Any]) -> None:
+    from reelserve.media.netguard.transport import guarded_client
+
+    with guarded_client(STRICT) as client, pytest.raises(OutboundBlockedError) as info:
+        client.get(f"http://127.0.0.1:{server.port}/ok")
+    assert info.value.code == "blockedAddress"
+    assert connect_spy == []
+    with guarded_client(LOCAL, follow_redirects=True) as client:
+        resp = client.get(f"http://127.0.0.1:{server.port}/redirect?to=/ok")
+    assert resp.status_code == 200 and resp.content == b"\x89PNG fake"
+    assert [r.status_code for r in resp.history] == [302]
+
+
+def test_pinning_backend_connects_only_to_pinned_addresses(
+    listener: Listener, connect_spy: list[Any]
+) -> None:
+    """Below the transport, fail closed: a host nobody vetted gets no socket at all."""
+    import httpcore
+
+    from reelserve.media.netguard.transport import _PinningBackend
+
+    with pytest.raises(httpcore.ConnectError, match="not vetted"):
+        _PinningBackend({}).connect_tcp("127.0.0.1", listener.port, timeout=1.0)
+    assert connect_spy == []
+    pinned = _PinningBackend({("name.test", listener.port): ("127.0.0.1",)})
+    pinned.connect_tcp("name.test", listener.port, timeout=1.0).close()
+    assert connect_spy == [("127.0.0.1", listener.port)]
+
+
+# --------------------------------------------------------------------------------------------
+# httpx.MockTransport under the guard: the logic above the socket, every hop still vetted
+# --------------------------------------------------------------------------------------------
+
+PUBLIC_DNS = {
+    "media.example": ["93.184.216.34"],
+    "cdn.example": ["93.184.216.35", "2606:2800:220:1:248:1893:25c8:1946"],
+    "inside.example": ["93.184.216.36", "10.0.0.5"],
+}
+
+
+def _mock_policy(calls: list[str]) -> OutboundPolicy:
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return PUBLIC_DNS[host]
+
+    return OutboundPolicy(resolver=resolver, total_timeout=5.0)
+
+
+def test_mock_transport_sees_each_hop_after_it_is_vetted(connect_spy: list[Any]) -> None:
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        if req.url.path == "/start":
+            return httpx.Response(303, headers={"Location": "https://cdn.example/final?x=1"})
+        return httpx.Response(200, content=b"done", headers={"Content-Type": "video/mp4"})
+
+    calls: list[str] = []
+    resp = request(
+        "POST",
+        "http://media.example/start",
+        policy=_mock_policy(calls),
+        content=b'{"a":1}',
+        headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"},
+        follow_redirects=True,
+        transport=httpx.MockTransport(handler),
+    )
+    assert resp.status == 200 and resp.body == b"done"
+    assert resp.url == "https://cdn.example/final?x=1"
+    assert calls == ["media.example", "cdn.example"]
+    assert [(r.method, str(r.url)) for r in seen] == [
+        ("POST", "http://media.example/start"),
+        ("GET", "https://cdn.example/final?x=1"),
+    ]
+    assert seen[0].content == b'{"a":1}' and seen[0].headers["authorization"] == "Bearer s3cret"
+    # 303 turns the POST into a bodyless GET; another origin gets no credentials
+    assert seen[1].content == b"" and "authorization" not in seen[1].headers
+    assert all(r.headers["accept-encoding"] == "identity" for r in seen)
+    assert connect_spy == []
+
+
+def test_mock_redirect_to_an_internal_name_never_reaches_the_transport() -> None:
+    import httpx
+
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(str(req.url))
+        return httpx.Response(302, headers={"Location": "http://inside.example/admin"})
+
+    calls: list[str] = []
+    with pytest.raises(OutboundBlockedError) as info:
+        fetch(
+            "http://media.example/a",
+            max_bytes=100,
+            policy=_mock_policy(calls),
+            parameter="inputs.image",
+            transport=httpx.MockTransport(handler),
+        )
+    assert info.value.code == "blockedAddress"
+    assert "resolves to 10.0.0.5" in info.value.message  # one bad answer refuses the name
+    assert info.value.parameter == "inputs.image"
+    assert calls == ["media.example", "inside.example"]
+    assert seen == ["http://media.example/a"]
+
+
+def test_mock_byte_cap_stops_pulling_the_stream() -> None:
+    import httpx
+
+    pulled: list[int] = []
+
+    def gigabyte() -> Iterator[bytes]:
+        for i in range(1 << 14):  # 16384 x 64 KiB = 1 GiB, no Content-Length
+            pulled.append(i)
+            yield b"\0" * 65536
+
+    transport = httpx.MockTransport(lambda req: httpx.Response(200, content=gigabyte()))
+    with pytest.raises(OutboundBlockedError) as info:
+        fetch(
+            "http://media.example/v.mp4",
+            max_bytes=1_000_000,
+            policy=_mock_policy([]),
+            transport=transport,
+        )
+    assert info.value.code == "mediaTooLarge"
+    assert len(pulled) == 1_000_000 // 65536 + 1  # stopped at the chunk that passed the cap
+
+
+def test_mock_transport_errors_map_to_codes() -> None:
+    import httpx
+
+    def slow(req: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no answer", request=req)
+
+    def broken(req: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("garbage", request=req)
+
+    for handler, code in ((slow, "fetchTimeout"), (broken, "fetchFailed")):
+        with pytest.raises(OutboundBlockedError) as info:
+            fetch(
+                "http://media.example/x",
+                max_bytes=10,
+                policy=_mock_policy([]),
+                transport=httpx.MockTransport(handler),
+                parameter="inputs.video",
+            )
+        assert info.value.code == code
+        assert info.value.parameter == "inputs.video"
+        assert "media.example/x" in info.value.message

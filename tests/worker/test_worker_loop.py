@@ -11,13 +11,15 @@ from tiny_engine import ResidentSelector, TinyBatchEngine, TinyEngine
 
 from reelserve.api.runware.schema import parse_video_inference
 from reelserve.catalog.validate import validate
+from reelserve.client._wire import error_from_wire
 from reelserve.delivery.storage import LocalArtifactStore
-from reelserve.errors import EngineError, ValidationError
+from reelserve.errors import CANCELLED_CODE, CancelledError, EngineError, ValidationError
 from reelserve.jobs.sqlite import SQLiteJobStore
 from reelserve.media.probe import probe
 from reelserve.settings import Settings
 from reelserve.tasks import Job, JobStatus, Result
 from reelserve.worker.loop import Worker
+from reelserve_testing import make_video
 
 
 @pytest.fixture
@@ -108,6 +110,33 @@ def test_cancel_while_running(env: tuple[Settings, SQLiteJobStore, LocalArtifact
     thread.join(30)
     done = store.get(job.id)
     assert done is not None and done.status is JobStatus.CANCELLED and done.results == []
+    # One cancellation code, whichever layer noticed; the Python client rebuilds its class from it.
+    assert done.error is not None and done.error["code"] == CANCELLED_CODE
+    assert isinstance(error_from_wire(done.error), CancelledError)
+
+
+def test_edit_video_within_the_snap_tolerance_is_rendered(
+    env: tuple[Settings, SQLiteJobStore, LocalArtifactStore], tmp_path: Path
+) -> None:
+    """Issue 11: a 10.05 s v2v input (O1 edits 3-10 s; 0.1 s snap) was refused by media/inputs
+    before resolve_media could snap it. The worker now renders it at 10 s."""
+    settings, store, artifacts = env
+    video = make_video(tmp_path / "edit.mp4", width=320, height=320, frames=201, fps=20)
+    assert probe(video).duration == pytest.approx(10.05)
+    media_uuid = str(uuid.uuid4())
+    artifacts.put_file(f"uploads/{media_uuid}", video, content_type="video/mp4", owner="o",
+                       extension="mp4")
+    task = {"taskType": "videoInference", "taskUUID": str(uuid.uuid4()),
+            "model": "klingai:kling@o1-standard", "positivePrompt": "make it snow",
+            "inputs": {"video": media_uuid}}
+    spec = validate(parse_video_inference(task))
+    job = store.create(Job(id=str(uuid.uuid4()), task_uuid=spec.task_uuid, owner="o",
+                           request=task, spec=spec))
+    assert Worker(settings, store, artifacts, lambda spec: TinyEngine()).run_once()
+    done = store.get(job.id)
+    assert done is not None and done.status is JobStatus.SUCCEEDED, done.error if done else None
+    (result,) = done.results
+    assert (result.width, result.height, result.duration) == (320, 320, pytest.approx(10.0))
 
 
 def test_results_recorded_before_a_crash_are_kept(env: tuple[Settings, SQLiteJobStore, LocalArtifactStore]) -> None:

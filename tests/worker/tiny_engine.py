@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from reelserve.engines.base import Clip, Engine, ResolvedInputs
-from reelserve.errors import CancelledError
+from reelserve.engines.base import Engine
+from reelserve.errors import CANCELLED_CODE, CancelledError
+from reelserve.media.clip import Clip, ResolvedInputs
 from reelserve.tasks import GenerationSpec
 
 
@@ -45,7 +46,7 @@ class TinyEngine:
         def frames() -> Iterator[np.ndarray]:
             for i in range(n):
                 if cancelled():
-                    raise CancelledError("taskCancelled", "cancelled")
+                    raise CancelledError(CANCELLED_CODE, "cancelled")
                 if self.on_frame is not None:
                     self.on_frame(i)
                 progress((i + 1) / n)

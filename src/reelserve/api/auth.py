@@ -60,7 +60,7 @@ def authenticate(settings: Settings, api_key: str | None, client_host: str | Non
             parameter="apiKey",
         )
     for key in settings.api_keys:
-        if hmac.compare_digest(key.encode(), api_key.encode()):
+        if hmac.compare_digest(key.get_secret_value().encode(), api_key.encode()):
             return owner_for_key(api_key)
     raise AuthError("invalidApiKey", "the API key is not valid for this server",
                     parameter="apiKey")

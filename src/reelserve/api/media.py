@@ -17,11 +17,7 @@ they are swept with it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,43 +25,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from reelserve.api.signing import UrlSigner
 from reelserve.delivery.storage import derived_key
 from reelserve.errors import ErrorKind, ReelserveError
 
 if TYPE_CHECKING:
-    from reelserve.api.app import Services
+    from reelserve.api.services import Services
     from reelserve.delivery.storage import ArtifactInfo, ArtifactStore
     from reelserve.tasks import Job, Result
 
+__all__ = ["UrlSigner", "ensure_cover", "media_router"]
+
 log = logging.getLogger(__name__)
-
-
-class UrlSigner:
-    """Makes and checks signed media URLs."""
-
-    def __init__(self, secret: bytes, base_url: str) -> None:
-        self._secret = secret
-        self.base_url = base_url.rstrip("/")
-
-    def _sig(self, key: str, exp: int) -> str:
-        mac = hmac.new(self._secret, f"{key}\n{exp}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac[:18]).decode().rstrip("=")
-
-    def url(self, key: str, extension: str, expires_at: float) -> str:
-        """The signed URL of artifact ``key`` valid until ``expires_at`` (unix seconds)."""
-        exp = int(expires_at)
-        suffix = f".{extension.lstrip('.')}" if extension else ""
-        return f"{self.base_url}/media/{key}{suffix}?exp={exp}&sig={self._sig(key, exp)}"
-
-    def check(self, key: str, exp: str | None, sig: str | None) -> int:
-        """HTTP status for a request: 200 valid, 404 bad signature, 410 expired."""
-        if not exp or not sig or not exp.isdigit():
-            return 404
-        if not hmac.compare_digest(self._sig(key, int(exp)), sig):
-            return 404
-        if int(exp) < time.time():
-            return 410
-        return 200
 
 
 def media_router(services: Services) -> APIRouter:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reelserve.errors import (
+    CANCELLED_CODE,
     AuthError,
     CancelledError,
     ConflictError,
@@ -135,7 +136,7 @@ _CODE_CLASSES: dict[str, type[ReelserveError]] = {
     "invalidApiKey": AuthError,
     "conflictTaskUUID": ConflictError,
     "rateLimitExceeded": RateLimitError,
-    "taskCancelled": CancelledError,
+    CANCELLED_CODE: CancelledError,
     "workerLost": EngineError,
     "engineFailed": EngineError,
     "internalError": EngineError,
@@ -384,3 +385,61 @@ def download_error(status_code: int, url: str) -> ReelserveError:
 def partial_path(target: Path) -> Path:
     """The temporary name a download is written under, renamed into place when complete."""
     return target.with_name(target.name + ".part")
+
+
+# ------------------------------------------------------------------------------------ /v1/tasks
+
+TASKS_PATH = "/v1/tasks"
+AUTH_MODE_HEADER = "x-reelserve-auth"
+"""``keys`` or ``keyless``: whether the server checks API keys (sent with every /v1/tasks answer)."""
+
+
+def task_params(status: str | list[str] | None, limit: int,
+                cursor: str | None) -> dict[str, str | int]:
+    """Query parameters of ``GET /v1/tasks``."""
+    params: dict[str, str | int] = {"limit": limit}
+    if status:
+        params["status"] = status if isinstance(status, str) else ",".join(status)
+    if cursor:
+        params["cursor"] = cursor
+    return params
+
+
+def parse_task_reply(status_code: int, body: bytes) -> dict[str, Any]:
+    """The JSON object of a ``/v1/tasks`` answer; raises the server's error for a refusal.
+
+    Error bodies come in the app's Runware-like ``{"errors": [...]}`` shape (or ``{"error": {}}``).
+    A 404 without an error object means the server has no task API (an older reelserve).
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        if status_code == 404:
+            raise ReelserveError("unsupportedTaskApi", "this server has no /v1/tasks API "
+                                 "(an older reelserve?)", kind=ErrorKind.UNAVAILABLE)
+        raise invalid_response(f"HTTP {status_code}, not a JSON object: {body[:200]!r}")
+    if status_code >= 400:
+        errors = payload.get("errors")
+        error = errors[0] if isinstance(errors, list) and errors else payload.get("error")
+        if isinstance(error, dict):
+            raise error_from_wire(error, status_code)
+        if status_code == 404:
+            raise ReelserveError("unsupportedTaskApi", "this server has no /v1/tasks API "
+                                 "(an older reelserve?)", kind=ErrorKind.UNAVAILABLE)
+        raise invalid_response(f"HTTP {status_code} without an error object")
+    return payload
+
+
+def task_results(task: dict[str, Any]) -> list[VideoResult]:
+    """The finished videos of a ``/v1/tasks`` task object, as :class:`VideoResult` items."""
+    results = []
+    for item in task.get("results") or []:
+        if isinstance(item, dict) and isinstance(item.get("url"), str):
+            results.append(VideoResult(
+                task_uuid=str(task.get("taskUUID", "")), status="success",
+                video_uuid=_opt_str(item.get("videoUUID")), url=item["url"],
+                seed=item["seed"] if isinstance(item.get("seed"), int) else None,
+                cost=None, raw=dict(item)))
+    return results

@@ -47,6 +47,8 @@ class AsyncClient:
         # No default auth header: output URLs are signed and may live on another host
         # (public_url, object storage), which must never receive the API key.
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport)
+        # What the last /v1/tasks answer said: "keys" or "keyless" (None: not asked yet).
+        self.auth_mode: str | None = None
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -175,6 +177,37 @@ class AsyncClient:
             task["search"] = search
         item = await self._one(task)
         return {"totalResults": item.get("totalResults", 0), "results": item.get("results", [])}
+
+    # ------------------------------------------------------------------ /v1/tasks
+
+    async def _tasks(self, method: str, path: str,
+               params: dict[str, str | int] | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            resp = await self._http.request(method, path, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            raise _wire.unreachable(self.url, exc) from exc
+        self.auth_mode = resp.headers.get(_wire.AUTH_MODE_HEADER, self.auth_mode)
+        return _wire.parse_task_reply(resp.status_code, resp.content)
+
+    async def list_tasks(self, *, status: str | list[str] | None = None, limit: int = 20,
+                   cursor: str | None = None) -> dict[str, Any]:
+        """``GET /v1/tasks``: this key's tasks of every dialect, newest first.
+
+        Returns ``{"data": [task, ...], "nextCursor": str | None}``; pass ``nextCursor`` back as
+        ``cursor`` for the next page. ``status``: ``queued``, ``running``, ``succeeded``,
+        ``failed``, ``cancelled`` (one or several).
+        """
+        return await self._tasks("GET", _wire.TASKS_PATH, _wire.task_params(status, limit, cursor))
+
+    async def get_task(self, task_uuid: str) -> dict[str, Any]:
+        """``GET /v1/tasks/{taskUUID}``: status, progress, result URLs and error of one task."""
+        return await self._tasks("GET", f"{_wire.TASKS_PATH}/{task_uuid}")
+
+    async def cancel_task(self, task_uuid: str) -> dict[str, Any]:
+        """``POST /v1/tasks/{taskUUID}/cancel``: a queued task never runs, a running one stops at
+        its next step. Returns the task as it is now (``cancelling`` until the worker stops)."""
+        return await self._tasks("POST", f"{_wire.TASKS_PATH}/{task_uuid}/cancel")
 
     async def download(self, result: VideoResult, path: str | os.PathLike[str]) -> Path:
         """Write ``result``'s video to ``path`` (or into it, when it is a directory).

@@ -42,6 +42,8 @@ class Client:
         # No default auth header: output URLs are signed and may live on another host
         # (public_url, object storage), which must never receive the API key.
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        # What the last /v1/tasks answer said: "keys" or "keyless" (None: not asked yet).
+        self.auth_mode: str | None = None
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -170,6 +172,37 @@ class Client:
             task["search"] = search
         item = self._one(task)
         return {"totalResults": item.get("totalResults", 0), "results": item.get("results", [])}
+
+    # ------------------------------------------------------------------ /v1/tasks
+
+    def _tasks(self, method: str, path: str,
+               params: dict[str, str | int] | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            resp = self._http.request(method, path, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            raise _wire.unreachable(self.url, exc) from exc
+        self.auth_mode = resp.headers.get(_wire.AUTH_MODE_HEADER, self.auth_mode)
+        return _wire.parse_task_reply(resp.status_code, resp.content)
+
+    def list_tasks(self, *, status: str | list[str] | None = None, limit: int = 20,
+                   cursor: str | None = None) -> dict[str, Any]:
+        """``GET /v1/tasks``: this key's tasks of every dialect, newest first.
+
+        Returns ``{"data": [task, ...], "nextCursor": str | None}``; pass ``nextCursor`` back as
+        ``cursor`` for the next page. ``status``: ``queued``, ``running``, ``succeeded``,
+        ``failed``, ``cancelled`` (one or several).
+        """
+        return self._tasks("GET", _wire.TASKS_PATH, _wire.task_params(status, limit, cursor))
+
+    def get_task(self, task_uuid: str) -> dict[str, Any]:
+        """``GET /v1/tasks/{taskUUID}``: status, progress, result URLs and error of one task."""
+        return self._tasks("GET", f"{_wire.TASKS_PATH}/{task_uuid}")
+
+    def cancel_task(self, task_uuid: str) -> dict[str, Any]:
+        """``POST /v1/tasks/{taskUUID}/cancel``: a queued task never runs, a running one stops at
+        its next step. Returns the task as it is now (``cancelling`` until the worker stops)."""
+        return self._tasks("POST", f"{_wire.TASKS_PATH}/{task_uuid}/cancel")
 
     def download(self, result: VideoResult, path: str | os.PathLike[str]) -> Path:
         """Write ``result``'s video to ``path`` (or into it, when it is a directory).

@@ -17,7 +17,8 @@ sent by one at a time), makes one attempt through the netguard and records the o
 
 A restart resumes pending rows where they were (their schedule is stored). A crash after the
 receiver answered 2xx but before the outcome was recorded sends once more: receivers that must
-not see duplicates drop repeats of the ``X-Reelserve-Delivery`` id.
+not see duplicates drop repeats of the ``webhook-id`` (Standard Webhooks; see
+:mod:`reelserve.delivery.webhook`).
 
 The dispatcher knows no wire dialect: the API layer registers, per ``Job.origin``, a renderer
 that turns a job and a result (or ``None`` for the job's failure) into the webhook body, and a
@@ -35,7 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from reelserve.delivery import upload, webhook
 from reelserve.delivery.webhook import Attempt
@@ -87,7 +88,6 @@ WEBHOOK = "webhook"
 UPLOAD = "upload"
 STATUS = "status"
 PENDING, DELIVERED, FAILED, SKIPPED = "pending", "delivered", "failed", "skipped"
-_TYPES = {WEBHOOK: "webhookURL", UPLOAD: "uploadEndpoint", STATUS: "statusCallback"}
 
 
 def check_targets(
@@ -108,27 +108,38 @@ def check_targets(
 
 
 def describe(records: list[DeliveryRecord]) -> list[dict[str, Any]]:
-    """Deliveries of a job as wire-neutral dicts (for ``getTaskDetails`` and the like)."""
+    """Deliveries of a job as wire-neutral dicts (``type`` is ``webhook``, ``upload`` or
+    ``status``; keys snake_case); a dialect renders them in its own spelling (Runware's
+    ``getTaskDetails``: :func:`reelserve.api.runware.render.delivery_item`)."""
     out: list[dict[str, Any]] = []
     for rec in records:
         item: dict[str, Any] = {
-            "type": _TYPES.get(rec.kind, rec.kind),
+            "type": rec.kind,
             "url": netguard.redact(rec.url),
-            "resultIndex": rec.result_index,
+            "result_index": rec.result_index,
             "state": rec.state,
             "attempts": rec.attempts,
         }
         if rec.kind == STATUS:
             item["event"] = rec.event
         if rec.state == PENDING and rec.attempts:
-            item["nextAttemptAt"] = rec.next_at
+            item["next_attempt_at"] = rec.next_at
         if rec.last_status is not None:
-            item["lastStatus"] = rec.last_status
+            item["last_status"] = rec.last_status
         if rec.last_error:
-            item["lastError"] = rec.last_error
+            item["last_error"] = rec.last_error
         item["history"] = list(rec.history)
         out.append(item)
     return out
+
+
+_R = TypeVar("_R")
+
+
+def _by_origin(renderers: dict[str, _R], origin: str) -> _R | None:
+    """The renderer of ``origin``, else of its family (``kling.text2video`` -> ``kling``)."""
+    found = renderers.get(origin)
+    return found if found is not None else renderers.get(origin.partition(".")[0])
 
 
 class Dispatcher:
@@ -162,6 +173,9 @@ class Dispatcher:
             else base
         )
         self.clock = clock
+        # Resolved once, so the first start generates and keeps the secret (signed by default).
+        self.secret = webhook.resolve_secret(settings)
+        """The ``whsec_...`` secret webhooks and status callbacks are signed with."""
         self.worker_id = f"dispatcher-{id(self):x}-{random.getrandbits(32):08x}"
         self._renderers: dict[str, PayloadRenderer] = {}
         self._status_renderers: dict[str, StatusRenderer] = {}
@@ -174,7 +188,9 @@ class Dispatcher:
     # ------------------------------------------------------------------ configuration
 
     def register_renderer(self, origin: str, renderer: PayloadRenderer) -> None:
-        """Use ``renderer`` for webhook bodies of jobs whose ``origin`` is ``origin``."""
+        """Use ``renderer`` for webhook bodies of jobs whose ``origin`` is ``origin`` (or, for a
+        family such as ``kling``, starts with ``origin + "."``). ``create_app`` hands each
+        declared dialect's renderers over; nothing registers itself on import."""
         self._renderers[origin] = renderer
 
     def register_status_renderer(self, origin: str, renderer: StatusRenderer) -> None:
@@ -303,14 +319,14 @@ class Dispatcher:
                 rec.url, data, content_type=result.content_type, policy=self.policy
             ), False
         if rec.kind == STATUS:
-            status_renderer = self._status_renderers.get(job.origin)
+            status_renderer = _by_origin(self._status_renderers, job.origin)
             if status_renderer is None or rec.event is None:
                 return Attempt(
                     False, None, f"no status renderer for origin {job.origin!r}", 0, True
                 ), False
             payload = status_renderer(job, StatusEvent(JobStatus(rec.event), rec.created_at))
         else:
-            renderer = self._renderers.get(job.origin)
+            renderer = _by_origin(self._renderers, job.origin)
             if renderer is None:
                 return Attempt(
                     False, None, f"no webhook renderer for origin {job.origin!r}", 0, True
@@ -323,7 +339,7 @@ class Dispatcher:
             rec.url,
             body,
             policy=self.policy,
-            secret=self.settings.webhook_secret,
+            secret=self.secret,
             delivery_id=rec.id,
             attempt=rec.attempts + 1,
         ), False

@@ -16,27 +16,27 @@ test_artifact_contract.py``):
   facts are object metadata, and :meth:`ArtifactStore.local_path` downloads into a bounded local
   cache. Its module (and boto3) is imported only when such a URL is configured.
 
-:func:`open_artifacts` picks one from the settings.
+:func:`reelserve.delivery.open_artifacts` picks one from the settings.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from reelserve.errors import ValidationError
+from reelserve.errors import StorageFullError, ValidationError, storage_full
 
 if TYPE_CHECKING:
-    from reelserve.settings import Settings
+    from pydantic import SecretStr
 
 OUTPUTS = "outputs"
 UPLOADS = "uploads"
@@ -172,6 +172,26 @@ class LocalArtifactStore:
         self.root = Path(root)
         for sub in (OUTPUTS, UPLOADS, ".tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        remove_stale_temp(self.root / ".tmp")
+
+    @contextlib.contextmanager
+    def _landing(self, key: str) -> Iterator[Path]:
+        """A fresh temp path in ``.tmp`` for one write of ``key``.
+
+        When the write fails, whatever it left is removed (the temp file, and the artifact when
+        only its sidecar failed), so a full disk leaves no partial file behind; a full disk
+        raises ``insufficientStorage`` (:class:`~reelserve.errors.StorageFullError`).
+        """
+        tmp = self.root / ".tmp" / secrets.token_hex(8)
+        try:
+            yield tmp
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                with contextlib.suppress(OSError):
+                    self._path(key).unlink(missing_ok=True)
+                raise storage_full("artifact storage", exc) from exc
+            raise
 
     def _path(self, key: str) -> Path:
         check_key(key)
@@ -179,9 +199,9 @@ class LocalArtifactStore:
 
     def _write_meta(self, key: str, info: ArtifactInfo) -> None:
         meta = self._path(key).with_suffix(".json")
-        tmp = self.root / ".tmp" / f"{secrets.token_hex(8)}.json"
-        tmp.write_text(json.dumps(asdict(info)))
-        os.replace(tmp, meta)
+        with self._landing(key) as tmp:
+            tmp.write_text(json.dumps(asdict(info)))
+            os.replace(tmp, meta)
 
     def put_file(
         self, key: str, src: Path, *, content_type: str, owner: str | None = None,
@@ -189,16 +209,16 @@ class LocalArtifactStore:
     ) -> ArtifactInfo:
         """Copy (or move) ``src`` in atomically, then write the sidecar."""
         dest = self._path(key)
-        tmp = self.root / ".tmp" / secrets.token_hex(8)
-        if move:
-            try:
-                os.replace(src, tmp)
-            except OSError:  # another filesystem: copy instead
+        with self._landing(key) as tmp:
+            if move:
+                try:
+                    os.replace(src, tmp)
+                except OSError:  # another filesystem: copy instead
+                    shutil.copyfile(src, tmp)
+                    Path(src).unlink(missing_ok=True)
+            else:
                 shutil.copyfile(src, tmp)
-                Path(src).unlink(missing_ok=True)
-        else:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+            os.replace(tmp, dest)
         info = ArtifactInfo(key, content_type, dest.stat().st_size, owner, time.time(), extension)
         # The sidecar is written last: an artifact without one is treated as absent.
         self._write_meta(key, info)
@@ -210,10 +230,10 @@ class LocalArtifactStore:
     ) -> ArtifactInfo:
         """Write ``data`` atomically, then the sidecar."""
         dest = self._path(key)
-        fd, tmp_name = tempfile.mkstemp(dir=self.root / ".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp_name, dest)
+        with self._landing(key) as tmp:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+            os.replace(tmp, dest)
         info = ArtifactInfo(key, content_type, len(data), owner, time.time(), extension)
         self._write_meta(key, info)
         return info
@@ -264,35 +284,50 @@ class LocalArtifactStore:
             yield key
 
 
-def open_artifacts(settings: Settings) -> ArtifactStore:
-    """The artifact store named by ``settings``.
+STALE_TEMP_SECONDS = 3600.0
+"""Temp files older than this are left over from a write a crash interrupted (no write of
+one artifact takes that long); :func:`remove_stale_temp` removes them."""
 
-    Files in ``<data_dir>/artifacts`` by default; ``artifacts_url=s3://BUCKET/PREFIX`` opens
-    :class:`~reelserve.delivery.s3.S3ArtifactStore`, whose module imports boto3 (the ``s3``
-    extra), so installs without it never load it. Opening an S3 store checks the bucket and
-    fails with ``artifactStoreUnavailable`` when it cannot be used.
+
+def remove_stale_temp(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Remove the files in ``folder`` not modified for ``older_than`` seconds; how many.
+
+    Called when a store opens: a process killed in the middle of a write (kill -9, power loss)
+    leaves its temp file behind, and nothing else would ever remove it. Younger files may be
+    writes in flight in another process sharing the folder, so they stay.
     """
-    if not settings.artifacts_url:
-        return LocalArtifactStore(Path(settings.data_dir) / "artifacts")
-    try:
-        from reelserve.delivery.s3 import S3ArtifactStore
-    except ImportError as exc:
-        raise ValidationError(
-            "unsupportedArtifactsUrl",
-            f"artifacts_url is an s3:// URL but boto3 is not installed ({exc}); install the "
-            "extra: pip install 'reelserve[s3]'",
-            parameter="artifacts_url",
-        ) from exc
-    return S3ArtifactStore.from_settings(settings)
+    removed = 0
+    cutoff = time.time() - older_than
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
-def url_secret(data_dir: Path, configured: str | None) -> bytes:
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is "no space left" / "quota exceeded"."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageFullError):
+            return True
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def url_secret(data_dir: Path, configured: SecretStr | None) -> bytes:
     """The key that signs media URLs: ``configured`` or a random one persisted in ``data_dir``.
 
     Persisting it keeps URLs valid across restarts and shared with a separate worker process.
     """
-    if configured:
-        return configured.encode()
+    if configured is not None and configured.get_secret_value():
+        return configured.get_secret_value().encode()
     path = Path(data_dir) / "url_secret"
     with contextlib.suppress(FileNotFoundError):
         return path.read_bytes().strip()

@@ -1,4 +1,4 @@
-"""Deletes outputs and uploaded media once their URLs have expired.
+"""Deletes outputs and uploaded media once their URLs have expired, and old jobs.
 
 An output's URL is valid until its file's creation time + the task's ``ttl`` (or
 ``settings.default_ttl``); an upload's until its creation + ``default_ttl``. After that the URL
@@ -8,6 +8,10 @@ whichever artifact store is configured (local disk or S3), and the job store mar
 expired so it is not looked at again. The signed URL check (``api/media.py``) and the sweeper use the same rule;
 the sweeper runs a little later than the URL stops working, never earlier (a result row is written
 after its file).
+
+Job rows are kept ``settings.job_retention_days`` after they reached a terminal state (their
+last change); then the sweeper purges each one with its outputs, so the job table does not grow
+for ever.
 
 Tests drive :meth:`Sweeper.sweep` with an explicit ``now`` instead of waiting for a ttl (the
 catalog's minimum ttl is 60 s).
@@ -36,10 +40,11 @@ __all__ = ["SweepReport", "Sweeper"]
 
 @dataclass(frozen=True)
 class SweepReport:
-    """What one pass removed."""
+    """What one pass removed (``jobs``: terminal jobs past ``job_retention_days``)."""
 
     outputs: int
     uploads: int
+    jobs: int = 0
 
 
 class Sweeper:
@@ -80,9 +85,28 @@ class Sweeper:
             if len(batch) < 200:
                 break
         uploads = self._sweep_uploads(now)
-        if outputs or uploads:
-            log.info("sweeper removed %d expired outputs and %d uploads", outputs, uploads)
-        return SweepReport(outputs=outputs, uploads=uploads)
+        jobs = self._purge_jobs(now)
+        if outputs or uploads or jobs:
+            log.info("sweeper removed %d expired outputs, %d uploads and %d old jobs",
+                     outputs, uploads, jobs)
+        return SweepReport(outputs=outputs, uploads=uploads, jobs=jobs)
+
+    def _purge_jobs(self, now: float) -> int:
+        # Retention: terminal jobs whose last change is older than job_retention_days go with
+        # their outputs (and covers). Files first, then the row: a crash in between leaves the
+        # row, so the next pass deletes the rest (deleting a missing file is a no-op).
+        days = self.settings.job_retention_days
+        if days <= 0:
+            return 0
+        purged = 0
+        while True:
+            batch = self.store.expired_jobs(now - days * 86400.0, 200)
+            for job in batch:
+                for result in job.results:
+                    delete_output(self.artifacts, result.artifact_key)
+                purged += int(self.store.delete(job.id))
+            if len(batch) < 200:
+                return purged
 
     def _sweep_uploads(self, now: float) -> int:
         # Uploads have no job row: list the store (every implementation can), pre-filtered by

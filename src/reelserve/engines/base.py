@@ -1,78 +1,38 @@
 """The Engine protocol: turn a resolved :class:`GenerationSpec` plus decoded inputs into frames.
 
-Engines never encode, store or deliver; they return a :class:`Clip` whose frames the one encoder
-(:mod:`reelserve.media.encode`) consumes as a stream, so a 10 s 1080p clip never has to sit in
-memory whole. Heavy imports (numpy is fine; torch/diffusers are not) stay out of this module.
+Engines never encode, store or deliver; they return a :class:`~reelserve.media.clip.Clip` whose
+frames the one encoder (:mod:`reelserve.media.encode`) consumes as a stream, so a 10 s 1080p clip
+never has to sit in memory whole. Heavy imports (numpy is fine; torch/diffusers are not) stay out of this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    import numpy as np
-    from PIL import Image
+# The data an engine takes and returns lives in the media layer (below the engines); it is part of
+# this contract, so it stays importable from here too.
+from reelserve.media.clip import (
+    AudioSource,
+    CancelledFn,
+    Clip,
+    ProgressFn,
+    ResolvedInputs,
+    VideoInput,
+)
 
+if TYPE_CHECKING:
     from reelserve.tasks import GenerationSpec
 
-ProgressFn = Callable[[float], None]
-"""Called with the fraction done, 0.0-1.0, as work advances."""
-
-CancelledFn = Callable[[], bool]
-"""Returns True once the job was cancelled; engines check it between frames or steps."""
-
-
-@dataclass(frozen=True)
-class VideoInput:
-    """A decoded-enough input video: a local file plus its probed facts."""
-
-    path: Path
-    width: int
-    height: int
-    fps: float
-    num_frames: int
-    duration: float
-    has_audio: bool
-
-
-@dataclass(frozen=True)
-class ResolvedInputs:
-    """The spec's media inputs, fetched and decoded (RGB PIL images, probed video files)."""
-
-    first_frame: Image.Image | None = None
-    last_frame: Image.Image | None = None
-    reference_images: list[Image.Image] = field(default_factory=list)
-    reference_videos: list[VideoInput] = field(default_factory=list)
-    input_video: VideoInput | None = None
-
-
-@dataclass(frozen=True)
-class AudioSource:
-    """Audio to carry into the output: the audio stream of ``path`` starting at ``start`` seconds.
-
-    The encoder trims it to the clip's length.
-    """
-
-    path: Path
-    start: float = 0.0
-
-
-@dataclass
-class Clip:
-    """Frames produced by an engine, consumed once by the encoder.
-
-    ``frames`` yields exactly ``num_frames`` RGB ``uint8`` arrays of shape ``(height, width, 3)``.
-    """
-
-    frames: Iterator[np.ndarray]
-    num_frames: int
-    width: int
-    height: int
-    fps: int
-    audio: AudioSource | None = None
+__all__ = [
+    "AudioSource",
+    "BatchEngine",
+    "CancelledFn",
+    "Clip",
+    "Engine",
+    "ProgressFn",
+    "ResolvedInputs",
+    "VideoInput",
+]
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ builds a pipeline, and its module is only imported when a profile file is config
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from reelserve.errors import EngineError, ErrorKind
@@ -110,6 +111,20 @@ class EngineRegistry:
         if self.diffusers is None:
             return set()
         return self.diffusers.loaded_models()
+
+    def preload(self, models: Sequence[str]) -> list[str]:
+        """Load (and compile) the pipelines serving ``models`` now; ``model/workflow`` loaded.
+
+        Raises:
+            EngineError: ``modelUnavailable`` when no diffusers profiles are configured or one
+                id has none; a load failure as the engine raises it.
+        """
+        if self.diffusers is None:
+            raise EngineError(
+                "modelUnavailable", f"--preload {', '.join(models)}: no diffusers profiles are "
+                "configured (REELSERVE_PROFILES); the preview engine needs no preload",
+                parameter="preload", kind=ErrorKind.UNAVAILABLE)
+        return self.diffusers.preload(set(models))
 
     def engines(self) -> list[Engine]:
         """Every engine this registry may hand out (for ``reelserve doctor``)."""

@@ -48,28 +48,50 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from reelserve.errors import ErrorKind, ReelserveError
+from reelserve.errors import ErrorKind, ReelserveError, storage_full
 from reelserve.jobs.rows import (
     JOB_COLUMNS,
+    TERMINAL_STATUSES,
     DeliveryTargets,
     NewDelivery,
     attempt_columns,
+    attempt_counts,
     cancel_queued,
+    check_active,
     claim_preference,
     clamp_progress,
     delivery_from_row,
+    duration_bucket,
     fail_outcome,
+    histograms,
     job_from_row,
+    list_query,
     new_job_values,
+    outcome_counts,
     page_bounds,
+    page_of,
+    parse_cursor,
     result_deliveries,
+    result_durations,
     result_from_row,
+    row_cursor,
     stale_outcome,
     status_deliveries,
+    status_values,
+    store_stats,
     takes_oldest,
     task_uuid_conflict,
 )
-from reelserve.jobs.store import DeliveryRecord, Heartbeat, JobStore, Listener, Listeners
+from reelserve.jobs.store import (
+    DeliveryRecord,
+    DurationHistogram,
+    Heartbeat,
+    JobStore,
+    Listener,
+    Listeners,
+    QueueStats,
+    StoreStats,
+)
 from reelserve.tasks import Job, JobStatus, Result
 
 log = logging.getLogger(__name__)
@@ -139,6 +161,37 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deliveries_due ON deliveries (next_at) WHERE state = 'pending';
     CREATE INDEX deliveries_job ON deliveries (job_id, seq);
     """,
+    # 2: lists that scale (as SQLite's migration 5): one index per list filter in list order,
+    # so a page is an index seek at any depth ((owner, status, ...) also serves count_active,
+    # which made jobs_owner_status redundant); (status, updated_at) for retention; started_at
+    # (first claim) for the run duration; duration_counts and counters for metrics (counted
+    # by the writes themselves, so a scrape reads a few rows).
+    """
+    ALTER TABLE jobs ADD COLUMN started_at DOUBLE PRECISION;
+    CREATE TABLE duration_counts (
+        name TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        count BIGINT NOT NULL,
+        total DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (name, bucket)
+    );
+    CREATE TABLE counters (
+        name TEXT NOT NULL,
+        label TEXT NOT NULL,
+        value BIGINT NOT NULL,
+        PRIMARY KEY (name, label)
+    );
+    CREATE INDEX jobs_owner_origin_created ON jobs (owner, origin, created_at, id);
+    CREATE INDEX jobs_owner_status_created ON jobs (owner, status, created_at, id);
+    CREATE INDEX jobs_owner_origin_status_created ON jobs (owner, origin, status, created_at, id);
+    DROP INDEX jobs_owner_status;
+    CREATE INDEX jobs_status_updated ON jobs (status, updated_at);
+    """,
+    # 6: how often a job's worker vanished (its lease expired and another claim took the job
+    # over), budgeted apart from its failures, so restarts do not use up its retries
+    """
+    ALTER TABLE jobs ADD COLUMN losses INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 CHANNEL = "reelserve_jobs"
@@ -146,6 +199,9 @@ CHANNEL = "reelserve_jobs"
 
 # Any constant works: it only has to be the same in every reelserve process.
 _MIGRATION_LOCK = 0x7265656C73657276
+# The first key of the per-owner advisory locks of create(max_active=...) (a 32-bit key pair:
+# this constant and the owner's hash), apart from the migration lock's 64-bit key space.
+_OWNER_LOCK = 0x72736A62
 
 # The database clock in epoch seconds: the start of the current transaction.
 _NOW = "extract(epoch FROM now())::float8"
@@ -212,12 +268,16 @@ class PostgresJobStore(JobStore):
     """
 
     def __init__(
-        self, url: str, *, max_attempts: int = 3, pool_size: int = 8, wait_timeout: float = 10.0
+        self, url: str, *, max_attempts: int = 3, max_losses: int | None = None,
+        pool_size: int = 8, wait_timeout: float = 10.0,
     ) -> None:
         params = {**_CONNECT_DEFAULTS, **conninfo_to_dict(url)}
         self._conninfo = make_conninfo("", **params)
         self._target = _describe(self._conninfo)
         self.max_attempts = max_attempts
+        #: How often a job's worker may vanish before the job fails with ``workerLost``
+        #: (default: ``max_attempts``); see :func:`reelserve.jobs.rows.stale_outcome`.
+        self.max_losses = max_losses if max_losses is not None else max_attempts
         self._instance = uuid.uuid4().hex[:12]
         self._listeners = Listeners()
         self._listen_lock = threading.Lock()
@@ -246,10 +306,14 @@ class PostgresJobStore(JobStore):
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Conn]:
-        """One transaction: committed when the block ends, rolled back when it raises."""
+        """One transaction: committed when the block ends, rolled back when it raises.
+
+        A database server out of disk space raises ``insufficientStorage``."""
         try:
             with self._pool.connection() as conn:
                 yield conn
+        except psycopg.errors.DiskFull as exc:
+            raise storage_full("the job database", exc) from exc
         except psycopg.OperationalError as exc:  # connection lost, pool timeout, server down
             raise _unavailable(exc, self._target) from exc
 
@@ -323,42 +387,76 @@ class PostgresJobStore(JobStore):
         return _job(row) if row else None
 
     def list_jobs(
-        self, owner: str, *, origin: str | None = None, limit: int = 20, offset: int = 0,
+        self,
+        owner: str,
+        *,
+        origin: str | None = None,
+        statuses: Collection[JobStatus] | None = None,
         after: str | None = None,
-    ) -> list[Job]:
-        where = ["owner = %s"]
-        args: list[Any] = [owner]
-        if origin is not None:
-            where.append("origin = %s")
-            args.append(origin)
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[Job], str | None]:
+        limit, offset = page_bounds(limit, offset)
+        sql, args = list_query(
+            _JOB, owner, origin=origin, statuses=status_values(statuses),
+            cursor=parse_cursor(after) if after is not None else None, limit=limit,
+            offset=offset, mark="%s",
+        )
         with self._tx() as conn:
-            if after is not None:
-                row = conn.execute("SELECT created_at, id FROM jobs WHERE id = %s AND owner = %s",
-                                   (after, owner)).fetchone()
-                if row is None:
-                    return []
-                where.append("(created_at, id) < (%s, %s)")
-                args += [row["created_at"], row["id"]]
+            rows = conn.execute(sql, args).fetchall()
+        page, cursor = page_of(rows, limit, row_cursor)
+        return [_job(row) for row in page], cursor
+
+    def expired_jobs(self, before: float, limit: int = 200) -> list[Job]:
+        with self._tx() as conn:
             rows = conn.execute(
-                f"SELECT {_JOB} FROM jobs WHERE {' AND '.join(where)} "
-                "ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
-                (*args, *page_bounds(limit, offset)),
+                f"SELECT {_JOB} FROM jobs WHERE status = ANY(%s) AND updated_at < %s "
+                "ORDER BY updated_at LIMIT %s",
+                (list(TERMINAL_STATUSES), before, max(0, limit)),
             ).fetchall()
         return [_job(row) for row in rows]
 
+    def stats(self) -> StoreStats:
+        with self._tx() as conn:
+            # REPEATABLE READ: every number comes from the same snapshot. Each query is an
+            # index range over active jobs or pending rows, or reads the counters.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            now = float(_scalar(conn, f"SELECT {_NOW}"))
+            active = {r["status"]: r["n"] for r in conn.execute(
+                "SELECT status, count(*) AS n FROM jobs WHERE status IN ('queued', 'running') "
+                "GROUP BY status")}
+            queues = [QueueStats(r["model"] or "", r["n"], r["oldest"]) for r in conn.execute(
+                "SELECT model, count(*) AS n, min(created_at) AS oldest FROM jobs "
+                "WHERE status = 'queued' GROUP BY model ORDER BY model")]
+            pending = {r["kind"]: r["n"] for r in conn.execute(
+                "SELECT kind, count(*) AS n FROM deliveries WHERE state = 'pending' "
+                "GROUP BY kind")}
+            busy = _scalar(conn, "SELECT count(DISTINCT lease_owner) FROM jobs WHERE "
+                           f"status = 'running' AND lease_expires > {_NOW}")
+            counters = [(r["name"], r["label"], r["value"]) for r in conn.execute(
+                "SELECT name, label, value FROM counters")]
+        return store_stats(active, queues, pending, busy, now, counters)
+
+    def durations(self) -> dict[str, DurationHistogram]:
+        with self._tx() as conn:
+            rows = conn.execute("SELECT name, bucket, count, total FROM duration_counts").fetchall()
+        return histograms((r["name"], r["bucket"], r["count"], r["total"]) for r in rows)
+
     def count_active(self, owner: str) -> int:
         with self._tx() as conn:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM jobs WHERE owner = %s AND status IN (%s, %s)",
-                (owner, JobStatus.QUEUED.value, JobStatus.RUNNING.value),
-            ).fetchone()
-        return int(row["n"]) if row else 0
+            return _count_active(conn, owner)
 
     # ------------------------------------------------------------------ writes
 
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job, *, max_active: int = 0) -> Job:
         try:
             with self._tx() as conn:
+                if max_active:
+                    # Creates of one owner queue on this transaction-scoped lock, so the count
+                    # below sees every earlier create of the owner (committed) and the limit
+                    # holds exactly across processes and machines.
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                                 (_OWNER_LOCK, job.owner))
                 row = conn.execute(
                     "INSERT INTO jobs (id, owner, task_uuid, origin, origin_data, request, spec, "
                     "model, status, created_at, updated_at) "
@@ -366,6 +464,8 @@ class PostgresJobStore(JobStore):
                     f"RETURNING {_JOB}",
                     new_job_values(job),
                 ).fetchone()
+                if max_active:
+                    check_active(_count_active(conn, job.owner), max_active)  # raises: rollback
                 targets = DeliveryTargets.of(job.spec)
                 _add_deliveries(conn, status_deliveries(job.id, targets, JobStatus.QUEUED))
                 self._publish(conn, job.id)
@@ -388,7 +488,7 @@ class PostgresJobStore(JobStore):
         prefer = claim_preference(prefer_models)
         with self._tx() as conn:
             while (row := self._next_runnable(conn, prefer, prefer_max_wait)) is not None:
-                outcome = stale_outcome(row, self.max_attempts)
+                outcome = stale_outcome(row, self.max_losses)
                 if outcome is None:
                     break
                 conn.execute(
@@ -397,16 +497,23 @@ class PostgresJobStore(JobStore):
                     (outcome.status.value, outcome.error, row["id"]),
                 )
                 _add_deliveries(conn, outcome.deliveries)
+                _bump(conn, outcome_counts(outcome.status, outcome.error))
                 ended.append(row["id"])
             if row is not None:
+                # Taking over a running job (its lease expired) counts one more vanished
+                # worker (the SET expressions read the row as it was).
                 claimed = conn.execute(
-                    "UPDATE jobs SET status = %s, attempts = attempts + 1, lease_owner = %s, "
-                    f"lease_expires = {_NOW} + %s, updated_at = {_NOW} WHERE id = %s "
+                    "UPDATE jobs SET status = %s, attempts = attempts + 1, "
+                    "losses = losses + (status = 'running')::int, lease_owner = %s, "
+                    f"lease_expires = {_NOW} + %s, updated_at = {_NOW}, "
+                    f"started_at = COALESCE(started_at, {_NOW}) WHERE id = %s "
                     f"RETURNING {_JOB}",
                     (JobStatus.RUNNING.value, worker_id, lease_seconds, row["id"]),
                 ).fetchone()
                 targets = DeliveryTargets.from_row(row)
                 _add_deliveries(conn, status_deliveries(row["id"], targets, JobStatus.RUNNING))
+                if claimed is not None and claimed["attempts"] == 1:  # a first claim
+                    _observe(conn, "queue_wait", claimed["updated_at"] - claimed["created_at"])
             changed = ended + ([claimed["id"]] if claimed is not None else [])
             if changed:
                 self._publish(conn, *changed)
@@ -421,7 +528,7 @@ class PostgresJobStore(JobStore):
         ``SKIP LOCKED`` passes over rows another claim is deciding on right now, so concurrent
         claims each get a different job without queueing behind one another.
         """
-        columns = (f"SELECT id, model, status, attempts, cancel_requested, {_TARGETS}, "
+        columns = (f"SELECT id, model, status, attempts, losses, cancel_requested, {_TARGETS}, "
                    f"created_at <= {_NOW} - %s AS waited FROM jobs")
         oldest: DictRow | None = conn.execute(
             f"{columns} WHERE {_RUNNABLE} ORDER BY created_at LIMIT 1 "
@@ -443,7 +550,7 @@ class PostgresJobStore(JobStore):
         """The job's row (with its delivery targets), locked for this transaction, when
         ``worker_id`` holds its lease."""
         row: DictRow | None = conn.execute(
-            f"SELECT status, cancel_requested, attempts, {_TARGETS} FROM jobs "
+            f"SELECT status, cancel_requested, attempts, losses, {_TARGETS} FROM jobs "
             "WHERE id = %s AND lease_owner = %s AND status = %s FOR UPDATE",
             (job_id, worker_id, JobStatus.RUNNING.value),
         ).fetchone()
@@ -486,6 +593,9 @@ class PostgresJobStore(JobStore):
             if inserted:
                 targets = DeliveryTargets.from_row(row)
                 _add_deliveries(conn, result_deliveries(job_id, targets, result.index))
+                for name, seconds in result_durations(result):
+                    _observe(conn, name, seconds)
+                _bump(conn, [("results", "")])
             conn.execute(f"UPDATE jobs SET updated_at = {_NOW} WHERE id = %s", (job_id,))
             self._publish(conn, job_id)
         self._listeners.notify(job_id)
@@ -496,13 +606,17 @@ class PostgresJobStore(JobStore):
             row = self._owns(conn, job_id, worker_id)
             if row is None:
                 return False
-            conn.execute(
+            ended = conn.execute(
                 "UPDATE jobs SET status = %s, progress = 100, cost = %s, lease_owner = NULL, "
-                f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s",
+                f"lease_expires = NULL, updated_at = {_NOW} WHERE id = %s "
+                "RETURNING updated_at - started_at AS run",
                 (JobStatus.SUCCEEDED.value, cost, job_id),
-            )
+            ).fetchone()
             targets = DeliveryTargets.from_row(row)
             _add_deliveries(conn, status_deliveries(job_id, targets, JobStatus.SUCCEEDED))
+            if ended is not None and ended["run"] is not None:
+                _observe(conn, "run", ended["run"])
+            _bump(conn, outcome_counts(JobStatus.SUCCEEDED, None))
             self._publish(conn, job_id)
         self._listeners.notify(job_id)
         return True
@@ -521,9 +635,23 @@ class PostgresJobStore(JobStore):
                 (outcome.status.value, outcome.error, job_id),
             ).fetchone()
             _add_deliveries(conn, outcome.deliveries)
+            _bump(conn, outcome_counts(outcome.status, outcome.error))
             self._publish(conn, job_id)
         self._listeners.notify(job_id)
         return _job(updated) if updated is not None else None
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        with self._tx() as conn:
+            if self._owns(conn, job_id, worker_id) is None:
+                return False
+            conn.execute(
+                "UPDATE jobs SET status = %s, attempts = GREATEST(0, attempts - 1), "
+                f"lease_owner = NULL, lease_expires = NULL, updated_at = {_NOW} WHERE id = %s",
+                (JobStatus.QUEUED.value, job_id),
+            )
+            self._publish(conn, job_id)
+        self._listeners.notify(job_id)
+        return True
 
     def request_cancel(self, job_id: str) -> Job | None:
         with self._tx() as conn:
@@ -541,6 +669,7 @@ class PostgresJobStore(JobStore):
                     (outcome.status.value, outcome.error, job_id),
                 )
                 _add_deliveries(conn, outcome.deliveries)
+                _bump(conn, outcome_counts(outcome.status, outcome.error))
             elif status is JobStatus.RUNNING:
                 conn.execute(
                     f"UPDATE jobs SET cancel_requested = TRUE, updated_at = {_NOW} WHERE id = %s",
@@ -602,19 +731,22 @@ class PostgresJobStore(JobStore):
     ) -> bool:
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT job_id, history FROM deliveries WHERE id = %s AND lease_owner = %s "
+                "SELECT job_id, kind, history FROM deliveries WHERE id = %s AND lease_owner = %s "
                 "FOR UPDATE",
                 (delivery_id, worker_id),
             ).fetchone()
             if row is None:
                 return False
-            conn.execute(
+            sent = conn.execute(
                 "UPDATE deliveries SET state = %s, attempts = attempts + 1, "
                 "next_at = COALESCE(%s, next_at), last_status = %s, last_error = %s, "
                 f"history = %s, lease_owner = NULL, lease_expires = NULL, updated_at = {_NOW} "
-                "WHERE id = %s",
+                "WHERE id = %s RETURNING updated_at - created_at AS took",
                 (state, next_at, *attempt_columns(row["history"], attempt), delivery_id),
-            )
+            ).fetchone()
+            if state == "delivered" and sent is not None:
+                _observe(conn, "delivery", sent["took"])
+            _bump(conn, attempt_counts(row["kind"], state))
             job_id: str = row["job_id"]
             self._publish(conn, job_id)
         self._listeners.notify(job_id)
@@ -709,9 +841,45 @@ class _ListenThread(threading.Thread):
             self.connected.clear()
 
 
+def _count_active(conn: Conn, owner: str) -> int:
+    """The owner's queued and running jobs, as this transaction sees them."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM jobs WHERE owner = %s AND status IN (%s, %s)",
+        (owner, JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def _scalar(conn: Conn, query: str) -> Any:
+    """The one value a literal query (no parameters) reads."""
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return next(iter(row.values()))
+
+
 def _job(row: DictRow) -> Job:
     """The job of a row selected with :data:`_JOB` (its results come in the same row)."""
     return job_from_row(row, row["results"])
+
+
+def _observe(conn: Conn, name: str, seconds: float) -> None:
+    """Count one ``name`` duration in its histogram bucket, in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO duration_counts (name, bucket, count, total) VALUES (%s, %s, 1, %s) "
+        "ON CONFLICT (name, bucket) DO UPDATE SET count = duration_counts.count + 1, "
+        "total = duration_counts.total + excluded.total",
+        (name, duration_bucket(seconds), max(0.0, seconds)),
+    )
+
+
+def _bump(conn: Conn, counts: Iterable[tuple[str, str]]) -> None:
+    """Add one to each ``(name, label)`` counter, in the caller's transaction."""
+    for name, label in counts:
+        conn.execute(
+            "INSERT INTO counters (name, label, value) VALUES (%s, %s, 1) "
+            "ON CONFLICT (name, label) DO UPDATE SET value = counters.value + 1",
+            (name, label),
+        )
 
 
 def _add_deliveries(conn: Conn, deliveries: Iterable[NewDelivery]) -> None:

@@ -11,13 +11,24 @@ deterministic ids). Each store runs the SQL; these functions only read rows and 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
+import itertools
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reelserve.errors import ConflictError
-from reelserve.jobs.store import DeliveryRecord
+from reelserve.errors import CANCELLED_CODE, ConflictError, InFlightLimitError, ValidationError
+from reelserve.jobs.store import (
+    DURATION_BUCKETS,
+    DURATIONS,
+    DeliveryRecord,
+    DurationHistogram,
+    QueueStats,
+    StoreStats,
+)
 from reelserve.tasks import GenerationSpec, Job, JobStatus, Result
 
 JOB_COLUMNS = (
@@ -30,7 +41,7 @@ HISTORY_KEPT = 20
 """How many attempts a delivery's ``history`` keeps (the newest)."""
 
 _CANCELLED_BEFORE_START = {
-    "code": "taskCancelled",
+    "code": CANCELLED_CODE,
     "message": "the task was cancelled before it started",
     "kind": "invalid",
 }
@@ -140,9 +151,115 @@ def task_uuid_conflict(job: Job) -> ConflictError:
 # ------------------------------------------------------------------ arguments
 
 
+MAX_PAGE = 1000
+"""The most jobs one :meth:`~reelserve.jobs.store.JobStore.list_jobs` call returns."""
+
+TERMINAL_STATUSES = tuple(s.value for s in JobStatus if s.is_terminal)
+"""The stored ``status`` values of jobs that will not change any more (retention purges them)."""
+
+
 def page_bounds(limit: int, offset: int) -> tuple[int, int]:
-    """``LIMIT`` and ``OFFSET`` of a list: negative values count as 0."""
-    return max(0, limit), max(0, offset)
+    """``LIMIT`` and ``OFFSET`` of a list: negative values count as 0, ``limit`` at most
+    :data:`MAX_PAGE`."""
+    return min(max(0, limit), MAX_PAGE), max(0, offset)
+
+
+def job_cursor(job: Job) -> str:
+    """The opaque ``after`` cursor of :meth:`~reelserve.jobs.store.JobStore.list_jobs` that lists
+    the jobs listed after ``job`` (older, or as old with a smaller id).
+
+    Wire dialects whose cursor is an object id (OpenAI's ``after=video_id``) fetch that job, check
+    its owner and pass this. It is the list's sort key, ``(created_at, id)``, so paging is a seek
+    in the list's index whatever the page number (no ``OFFSET``).
+    """
+    return row_cursor({"created_at": job.created_at, "id": job.id})
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """The ``(created_at, id)`` a :func:`job_cursor` holds; refuses anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        if isinstance(created_at, bool) or not isinstance(created_at, int | float) or \
+                not isinstance(job_id, str):
+            raise TypeError(cursor)
+    except (binascii.Error, ValueError, TypeError):
+        raise ValidationError(
+            "invalidCursor", f"after {cursor!r:.60} is not a cursor this server handed out; "
+            "pass the next-page cursor of a previous list answer unchanged, or leave it out "
+            "for the first page", parameter="after") from None
+    return float(created_at), job_id
+
+
+def status_values(statuses: Collection[JobStatus] | None) -> list[str] | None:
+    """The stored ``status`` values of a list's status filter (None: any status), sorted."""
+    return None if statuses is None else sorted({JobStatus(s).value for s in statuses})
+
+
+def list_query(
+    columns: str,
+    owner: str,
+    *,
+    origin: str | None,
+    statuses: list[str] | None,
+    cursor: tuple[float, str] | None,
+    limit: int,
+    offset: int,
+    mark: str,
+) -> tuple[str, list[Any]]:
+    """The SQL (with ``mark`` placeholders) and arguments of one page of
+    :meth:`~reelserve.jobs.store.JobStore.list_jobs`, reading ``limit + 1`` rows (the one
+    past the page tells whether a next page exists); ``columns`` are selected from ``jobs``.
+
+    Every branch is ``owner = ? [AND origin = ?] [AND status = ?] AND (created_at, id) < ?``
+    ordered by ``created_at DESC, id DESC``: a seek in one of the ``jobs_owner_*`` indexes
+    followed by reading the page, however many jobs the owner has. Several statuses become one
+    such branch each, merged (``UNION ALL``) and cut to the page, instead of a scan and sort of
+    every job in those states.
+    """
+    base = [f"owner = {mark}"]
+    base_args: list[Any] = []
+    if origin is not None:
+        base.append(f"origin = {mark}")
+        base_args.append(origin)
+    if cursor is not None:
+        base.append(f"(created_at, id) < ({mark}, {mark})")
+    order = "ORDER BY created_at DESC, id DESC"
+    want = limit + offset + 1
+
+    def branch(status: str | None) -> tuple[str, list[Any]]:
+        where = list(base)
+        args: list[Any] = [owner, *base_args]
+        if status is not None:
+            where.insert(1, f"status = {mark}")
+            args.insert(1, status)
+        if cursor is not None:
+            args += list(cursor)
+        return f"SELECT {columns} FROM jobs WHERE {' AND '.join(where)} {order}", args
+
+    if statuses is not None and len(statuses) > 1:
+        parts = [branch(status) for status in statuses]
+        sql = " UNION ALL ".join(
+            f"SELECT * FROM ({q} LIMIT {want}) AS branch{i}" for i, (q, _) in enumerate(parts))
+        sql = f"SELECT * FROM ({sql}) AS page {order} LIMIT {mark} OFFSET {mark}"
+        args = [a for _, part in parts for a in part]
+    else:
+        sql, args = branch(statuses[0] if statuses else None)
+        sql += f" LIMIT {mark} OFFSET {mark}"
+    return sql, [*args, limit + 1, offset]
+
+
+def page_of(rows: list[Any], limit: int, cursor_of: Any) -> tuple[list[Any], str | None]:
+    """A list query read ``limit + 1`` rows: the page, and the cursor after its last row when
+    more follow (``cursor_of`` turns a kept row into its cursor)."""
+    page = rows[:limit]
+    return page, cursor_of(page[-1]) if len(rows) > limit and page else None
+
+
+def row_cursor(row: Row) -> str:
+    """The :func:`job_cursor` of a ``jobs`` row (its ``created_at`` and ``id``)."""
+    raw = json.dumps([row["created_at"], row["id"]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def clamp_progress(progress: float) -> float:
@@ -249,26 +366,29 @@ class Outcome:
     deliveries: list[NewDelivery]
 
 
-def stale_outcome(row: Row, max_attempts: int) -> Outcome | None:
+def stale_outcome(row: Row, max_losses: int) -> Outcome | None:
     """How a claim ends a runnable job instead of running it, or None to run it.
 
-    ``row`` holds the job's ``id``, ``status``, ``cancel_requested``, ``attempts`` and its
+    ``row`` holds the job's ``id``, ``status``, ``cancel_requested``, ``losses`` and its
     :class:`DeliveryTargets` columns. A running job is runnable only when its worker's lease
-    expired. It ends as cancelled when a cancel was requested meanwhile (nothing is left to run;
-    ``error`` is None: the stored one stays), and as failed (``workerLost``) once it was claimed
-    ``max_attempts`` times, instead of crashing yet another worker.
+    expired: its worker vanished (killed, crashed, machine gone). It ends as cancelled when a
+    cancel was requested meanwhile (nothing is left to run; ``error`` is None: the stored one
+    stays), and as failed (``workerLost``) once its worker vanished ``max_losses`` times, instead
+    of crashing yet another worker. Vanished workers have their own budget (``losses``, see
+    :func:`fail_outcome`): restarting a server under a job must not use up its retries.
     """
     if row["status"] != JobStatus.RUNNING.value:
         return None
     error: dict[str, Any] | None = None
+    lost = row["losses"] + 1  # this takeover included
     if row["cancel_requested"]:
         status = JobStatus.CANCELLED
-    elif row["attempts"] >= max_attempts:
+    elif lost >= max_losses:
         status = JobStatus.FAILED
         error = {
             "code": "workerLost",
-            "message": f"the worker running this task stopped {row['attempts']} times "
-            f"(max_attempts={max_attempts}); the task was abandoned",
+            "message": f"the worker running this task stopped {lost} times "
+            f"(max_worker_losses={max_losses}); the task was abandoned",
             "kind": "internal",
         }
     else:
@@ -282,18 +402,35 @@ def fail_outcome(
 ) -> Outcome:
     """What :meth:`JobStore.fail` does to a job whose lease the failing worker holds.
 
-    ``row`` holds the job's ``cancel_requested``, ``attempts`` and :class:`DeliveryTargets`
-    columns. The job ends as cancelled when a cancel was requested, goes back to the queue for
-    a ``retry`` with attempts left (no error, nothing delivered), and fails otherwise.
+    ``row`` holds the job's ``cancel_requested``, ``attempts``, ``losses`` and
+    :class:`DeliveryTargets` columns. The job ends as cancelled when a cancel was requested, goes
+    back to the queue for a ``retry`` with attempts left (no error, nothing delivered), and fails
+    otherwise. Attempts left counts the claims that ended in a failure (this one included), not
+    the ones whose worker vanished (``losses``, budgeted by :func:`stale_outcome`).
     """
     if row["cancel_requested"]:
         status = JobStatus.CANCELLED
-    elif retry and row["attempts"] < max_attempts:
+    elif retry and row["attempts"] - row["losses"] < max_attempts:
         return Outcome(JobStatus.QUEUED, None, [])
     else:
         status = JobStatus.FAILED
     targets = DeliveryTargets.from_row(row)
     return Outcome(status, error_json(error), end_deliveries(job_id, targets, status))
+
+
+def check_active(active: int, max_active: int) -> None:
+    """Refuse a create that makes its owner's queued + running jobs (``active``, the new one
+    included) exceed ``max_active``: ``rateLimitExceeded`` (:class:`InFlightLimitError`).
+
+    The stores call this inside the creating transaction, after the insert and under a lock
+    that serialises the owner's creates, so the limit is exact; the refusal rolls back.
+    """
+    if active > max_active:
+        raise InFlightLimitError(
+            "rateLimitExceeded",
+            f"this API key has {active - 1} tasks queued or running; at most {max_active} are "
+            "allowed in flight (rate_max_in_flight). Wait for some to finish, then submit again",
+        )
 
 
 def cancel_queued(job_id: str, row: Row) -> Outcome:
@@ -302,3 +439,85 @@ def cancel_queued(job_id: str, row: Row) -> Outcome:
     targets = DeliveryTargets.from_row(row)
     return Outcome(JobStatus.CANCELLED, error_json(_CANCELLED_BEFORE_START),
                    end_deliveries(job_id, targets, JobStatus.CANCELLED))
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def duration_bucket(seconds: float) -> int:
+    """The index of the first :data:`DURATION_BUCKETS` bound ``seconds`` fits under
+    (``len(DURATION_BUCKETS)``: +Inf), the bucket a store counts an observation in."""
+    return bisect.bisect_left(DURATION_BUCKETS, max(0.0, seconds))
+
+
+def result_durations(result: Result) -> list[tuple[str, float]]:
+    """The durations a new result reports: its ``render`` and ``encode`` seconds, when known."""
+    timed = (("render", result.render_seconds), ("encode", result.encode_seconds))
+    return [(name, seconds) for name, seconds in timed if seconds is not None]
+
+
+def histograms(rows: Iterable[Sequence[Any]]) -> dict[str, DurationHistogram]:
+    """Every :data:`DURATIONS` histogram from ``duration_counts`` rows ``(name, bucket, count,
+    total)`` (per bucket, not cumulative); a duration never observed has zeros."""
+    counts = {name: [0] * (len(DURATION_BUCKETS) + 1) for name in DURATIONS}
+    totals = dict.fromkeys(DURATIONS, 0.0)
+    for name, bucket, count, total in rows:
+        if name in counts and 0 <= bucket < len(counts[name]):
+            counts[name][bucket] += int(count)
+            totals[name] += float(total)
+    return {name: DurationHistogram(list(itertools.accumulate(per[:-1])), totals[name], sum(per))
+            for name, per in counts.items()}
+
+
+def outcome_counts(status: JobStatus, error: str | None) -> list[tuple[str, str]]:
+    """The ``counters`` rows ``(name, label)`` a job entering ``status`` adds one to: a
+    terminal status counts in ``jobs_finished``, a failure also in ``jobs_failed`` by its
+    error code (``error``: the stored JSON)."""
+    if not status.is_terminal:
+        return []
+    counts = [("jobs_finished", status.value)]
+    if status is JobStatus.FAILED:
+        code = json.loads(error).get("code") if error else None
+        counts.append(("jobs_failed", str(code or "unknown")))
+    return counts
+
+
+def attempt_counts(kind: str, state: str) -> list[tuple[str, str]]:
+    """The ``counters`` rows an attempt of a ``kind`` delivery that leaves it in ``state``
+    adds one to: ``delivery_attempts``, ``delivery_failed_attempts`` unless it delivered, and
+    ``deliveries`` (label ``kind:state``) when the row ended."""
+    counts = [("delivery_attempts", kind)]
+    if state != "delivered":
+        counts.append(("delivery_failed_attempts", kind))
+    if state != "pending":
+        counts.append(("deliveries", f"{kind}:{state}"))
+    return counts
+
+
+def store_stats(
+    active: dict[str, int],
+    queues: list[QueueStats],
+    pending: dict[str, int],
+    busy_workers: int,
+    now: float,
+    counters: Iterable[Sequence[Any]],
+) -> StoreStats:
+    """:class:`StoreStats` from a store's reads; ``counters`` are its ``(name, label, value)``
+    rows."""
+    by_name: dict[str, dict[str, int]] = {}
+    for name, label, value in counters:
+        by_name.setdefault(str(name), {})[str(label)] = int(value)
+    ended = {tuple(label.split(":", 1)): n for label, n in by_name.get("deliveries", {}).items()}
+    return StoreStats(
+        active={str(k): int(v) for k, v in active.items()},
+        queues=queues,
+        pending_deliveries={str(k): int(v) for k, v in pending.items()},
+        busy_workers=int(busy_workers),
+        now=float(now),
+        finished=by_name.get("jobs_finished", {}),
+        failures=by_name.get("jobs_failed", {}),
+        results=by_name.get("results", {}).get("", 0),
+        deliveries={(k[0], k[1]): n for k, n in ended.items() if len(k) == 2},
+        delivery_attempts=by_name.get("delivery_attempts", {}),
+        delivery_failed_attempts=by_name.get("delivery_failed_attempts", {}),
+    )

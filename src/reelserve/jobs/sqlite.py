@@ -12,35 +12,60 @@ status-change rows).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from reelserve.errors import storage_full
 from reelserve.jobs.rows import (
     JOB_COLUMNS,
+    TERMINAL_STATUSES,
     DeliveryTargets,
     NewDelivery,
     attempt_columns,
+    attempt_counts,
     cancel_queued,
+    check_active,
     claim_preference,
     clamp_progress,
     delivery_from_row,
+    duration_bucket,
     fail_outcome,
+    histograms,
     job_from_row,
+    list_query,
     new_job_values,
+    outcome_counts,
     page_bounds,
+    page_of,
+    parse_cursor,
     result_deliveries,
+    result_durations,
     result_from_row,
+    row_cursor,
     stale_outcome,
     status_deliveries,
+    status_values,
+    store_stats,
     takes_oldest,
     task_uuid_conflict,
 )
-from reelserve.jobs.store import DeliveryRecord, Heartbeat, JobStore, Listener, Listeners
+from reelserve.jobs.store import (
+    DeliveryRecord,
+    DurationHistogram,
+    Heartbeat,
+    JobStore,
+    Listener,
+    Listeners,
+    QueueStats,
+    StoreStats,
+)
 from reelserve.tasks import Job, JobStatus, Result
 
 MIGRATIONS: list[str] = [
@@ -112,6 +137,40 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE deliveries ADD COLUMN event TEXT;
     """,
+    # 5: lists that scale: one index per list filter in list order (owner; owner + origin;
+    # owner + status; owner + origin + status; each then created_at, id), so a page is a seek
+    # plus the page's rows at any depth; (owner, status, ...) also serves count_active, which
+    # made jobs_owner_status redundant. Retention finds old terminal jobs by (status,
+    # updated_at). started_at (first claim) gives the run duration; duration_counts holds the
+    # duration histograms (JobStore.durations) and counters the totals of JobStore.stats, both
+    # counted by the writes themselves, so a metrics scrape reads a few rows.
+    """
+    ALTER TABLE jobs ADD COLUMN started_at REAL;
+    CREATE TABLE duration_counts (
+        name TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        total REAL NOT NULL,
+        PRIMARY KEY (name, bucket)
+    );
+    CREATE TABLE counters (
+        name TEXT NOT NULL,
+        label TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (name, label)
+    );
+    CREATE INDEX jobs_owner_created ON jobs (owner, created_at, id);
+    CREATE INDEX jobs_owner_origin_created ON jobs (owner, origin, created_at, id);
+    CREATE INDEX jobs_owner_status_created ON jobs (owner, status, created_at, id);
+    CREATE INDEX jobs_owner_origin_status_created ON jobs (owner, origin, status, created_at, id);
+    DROP INDEX jobs_owner_status;
+    CREATE INDEX jobs_status_updated ON jobs (status, updated_at);
+    """,
+    # 6: how often a job's worker vanished (its lease expired and another claim took the job
+    # over), budgeted apart from its failures, so restarts do not use up its retries
+    """
+    ALTER TABLE jobs ADD COLUMN losses INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # A claimable job: queued, or running under a lease that expired (its worker died).
@@ -132,13 +191,20 @@ class SQLiteJobStore(JobStore):
     documents.
     """
 
-    def __init__(self, path: str | Path, *, max_attempts: int = 3) -> None:
+    def __init__(
+        self, path: str | Path, *, max_attempts: int = 3, max_losses: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts
+        #: How often a job's worker may vanish before the job fails with ``workerLost``
+        #: (default: ``max_attempts``); see :func:`reelserve.jobs.rows.stale_outcome`.
+        self.max_losses = max_losses if max_losses is not None else max_attempts
         self._local = threading.local()
         self._listeners = Listeners()
-        self._all_conns: list[sqlite3.Connection] = []
+        # Every open connection and the thread it belongs to (weakly: a finished thread is
+        # freed, and its connection is closed by the next _conn call of another thread).
+        self._conns: dict[sqlite3.Connection, weakref.ref[threading.Thread]] = {}
         self._conns_lock = threading.Lock()
         self._migrate()
 
@@ -158,20 +224,47 @@ class SQLiteJobStore(JobStore):
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
             with self._conns_lock:
-                self._all_conns.append(conn)
+                self._close_orphans()
+                self._conns[conn] = weakref.ref(threading.current_thread())
         return conn
+
+    def _close_orphans(self) -> None:
+        """Close the connections of threads that ended (caller holds ``_conns_lock``).
+
+        Thread pools (the server's request threads) retire idle threads and start new ones for
+        the next burst; each new thread opens its own connection, so without this every burst
+        after a pause would leave the old threads' file descriptors open until none are left.
+        A finished thread can no longer use its connection, so closing it here is safe.
+        """
+        for conn, owner in list(self._conns.items()):
+            thread = owner()
+            if thread is None or not thread.is_alive():
+                del self._conns[conn]
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding the database's write lock from its start."""
+        """One write transaction, holding the database's write lock from its start.
+
+        A full disk (the write or its commit finds no space) raises ``insufficientStorage``
+        (:class:`~reelserve.errors.StorageFullError`) with nothing written.
+        """
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if _disk_full(exc):
+                raise storage_full("the job database", exc) from exc
             raise
-        conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -185,9 +278,9 @@ class SQLiteJobStore(JobStore):
     def close(self) -> None:
         """Close every connection this store opened (in any thread)."""
         with self._conns_lock:
-            for conn in self._all_conns:
+            for conn in self._conns:
                 conn.close()
-            self._all_conns.clear()
+            self._conns.clear()
         self._local = threading.local()
 
     # ------------------------------------------------------------------ notification
@@ -218,31 +311,69 @@ class SQLiteJobStore(JobStore):
         return self._job(conn, row) if row else None
 
     def list_jobs(
-        self, owner: str, *, origin: str | None = None, limit: int = 20, offset: int = 0,
+        self,
+        owner: str,
+        *,
+        origin: str | None = None,
+        statuses: Collection[JobStatus] | None = None,
         after: str | None = None,
-    ) -> list[Job]:
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[Job], str | None]:
+        limit, offset = page_bounds(limit, offset)
+        sql, args = list_query(
+            JOB_COLUMNS, owner, origin=origin, statuses=status_values(statuses),
+            cursor=parse_cursor(after) if after is not None else None, limit=limit,
+            offset=offset, mark="?",
+        )
         conn = self._conn()
-        where = ["owner = ?"]
-        args: list[Any] = [owner]
-        if origin is not None:
-            where.append("origin = ?")
-            args.append(origin)
-        if after is not None:
-            row = conn.execute("SELECT created_at, id FROM jobs WHERE id = ? AND owner = ?",
-                               (after, owner)).fetchone()
-            if row is None:
-                return []
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args += [row["created_at"], row["created_at"], row["id"]]
+        rows, cursor = page_of(conn.execute(sql, args).fetchall(), limit, row_cursor)
+        return [self._job(conn, row) for row in rows], cursor
+
+    def expired_jobs(self, before: float, limit: int = 200) -> list[Job]:
+        conn = self._conn()
+        marks = ", ".join("?" * len(TERMINAL_STATUSES))
         rows = conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
-            "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-            (*args, *page_bounds(limit, offset)),
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) AND updated_at < ? "
+            "ORDER BY updated_at LIMIT ?",
+            (*TERMINAL_STATUSES, before, max(0, limit)),
         ).fetchall()
         return [self._job(conn, row) for row in rows]
 
+    def stats(self) -> StoreStats:
+        conn = self._conn()
+        # One read transaction: every number comes from the same snapshot. Each query is an
+        # index range over active jobs or pending rows, or reads the counters: none scans the
+        # jobs a deployment has finished.
+        conn.execute("BEGIN")
+        try:
+            now = time.time()
+            active = {r[0]: r[1] for r in conn.execute(
+                "SELECT status, COUNT(*) FROM jobs WHERE status IN (?, ?) GROUP BY status",
+                (JobStatus.QUEUED.value, JobStatus.RUNNING.value))}
+            queues = [QueueStats(r[0] or "", r[1], r[2]) for r in conn.execute(
+                "SELECT model, COUNT(*), MIN(created_at) FROM jobs WHERE status = ? "
+                "GROUP BY model ORDER BY model", (JobStatus.QUEUED.value,))]
+            pending = {r[0]: r[1] for r in conn.execute(
+                "SELECT kind, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY kind")}
+            busy = conn.execute(
+                "SELECT COUNT(DISTINCT lease_owner) FROM jobs WHERE status = ? AND "
+                "lease_expires > ?", (JobStatus.RUNNING.value, now)).fetchone()[0]
+            counters = [tuple(r) for r in conn.execute("SELECT name, label, value FROM counters")]
+        finally:
+            conn.execute("COMMIT")
+        return store_stats(active, queues, pending, busy, now, counters)
+
+    def durations(self) -> dict[str, DurationHistogram]:
+        rows = self._conn().execute("SELECT name, bucket, count, total FROM duration_counts")
+        return histograms(tuple(r) for r in rows)
+
     def count_active(self, owner: str) -> int:
-        row = self._conn().execute(
+        return self._count_active(self._conn(), owner)
+
+    @staticmethod
+    def _count_active(conn: sqlite3.Connection, owner: str) -> int:
+        row = conn.execute(
             "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN (?, ?)",
             (owner, JobStatus.QUEUED.value, JobStatus.RUNNING.value),
         ).fetchone()
@@ -250,7 +381,7 @@ class SQLiteJobStore(JobStore):
 
     # ------------------------------------------------------------------ writes
 
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job, *, max_active: int = 0) -> Job:
         now = time.time()
         try:
             with self._write() as conn:
@@ -260,6 +391,11 @@ class SQLiteJobStore(JobStore):
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?)",
                     (*new_job_values(job), now, now),
                 )
+                if max_active:
+                    # Counted after the insert, under the write lock the transaction holds
+                    # from its start: concurrent creates of one owner are serialised, so the
+                    # limit holds exactly (the refusal rolls the insert back).
+                    check_active(self._count_active(conn, job.owner), max_active)
                 targets = DeliveryTargets.of(job.spec)
                 _add_deliveries(conn, status_deliveries(job.id, targets, JobStatus.QUEUED), now)
         except sqlite3.IntegrityError as exc:
@@ -282,7 +418,7 @@ class SQLiteJobStore(JobStore):
         with self._write() as conn:
             now = time.time()
             while (row := self._next_runnable(conn, now, prefer, now - prefer_max_wait)) is not None:
-                outcome = stale_outcome(row, self.max_attempts)
+                outcome = stale_outcome(row, self.max_losses)
                 if outcome is None:
                     break
                 conn.execute(
@@ -291,15 +427,22 @@ class SQLiteJobStore(JobStore):
                     (outcome.status.value, outcome.error, now, row["id"]),
                 )
                 _add_deliveries(conn, outcome.deliveries, now)
+                _bump(conn, outcome_counts(outcome.status, outcome.error))
                 ended.append(row["id"])
             if row is not None:
+                # Taking over a running job (its lease expired) counts one more vanished worker.
                 conn.execute(
-                    "UPDATE jobs SET status = ?, attempts = attempts + 1, lease_owner = ?, "
-                    "lease_expires = ?, updated_at = ? WHERE id = ?",
-                    (JobStatus.RUNNING.value, worker_id, now + lease_seconds, now, row["id"]),
+                    "UPDATE jobs SET status = ?, attempts = attempts + 1, "
+                    "losses = losses + (status = ?), lease_owner = ?, "
+                    "lease_expires = ?, updated_at = ?, started_at = COALESCE(started_at, ?) "
+                    "WHERE id = ?",
+                    (JobStatus.RUNNING.value, JobStatus.RUNNING.value, worker_id,
+                     now + lease_seconds, now, now, row["id"]),
                 )
                 targets = DeliveryTargets.from_row(row)
                 _add_deliveries(conn, status_deliveries(row["id"], targets, JobStatus.RUNNING), now)
+                if row["attempts"] == 0:  # the first claim ends the job's queue wait
+                    _observe(conn, "queue_wait", now - row["created_at"])
         for job_id in ended:
             self._listeners.notify(job_id)
         if row is None:
@@ -312,7 +455,7 @@ class SQLiteJobStore(JobStore):
     ) -> sqlite3.Row | None:
         """The job a claim takes next: the oldest runnable one, unless it is younger than
         ``cutoff`` and a job for a ``prefer`` model is runnable, which then goes first."""
-        columns = ("SELECT id, model, status, attempts, cancel_requested, created_at, "
+        columns = ("SELECT id, model, status, attempts, losses, cancel_requested, created_at, "
                    f"{_TARGETS} FROM jobs")
         args = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, now)
         oldest: sqlite3.Row | None = conn.execute(
@@ -333,7 +476,7 @@ class SQLiteJobStore(JobStore):
     def _owns(self, conn: sqlite3.Connection, job_id: str, worker_id: str) -> sqlite3.Row | None:
         """The job's row when ``worker_id`` holds its lease (with its delivery targets)."""
         row: sqlite3.Row | None = conn.execute(
-            f"SELECT status, cancel_requested, attempts, {_TARGETS} FROM jobs "
+            f"SELECT status, cancel_requested, attempts, losses, started_at, {_TARGETS} FROM jobs "
             "WHERE id = ? AND lease_owner = ? AND status = ?",
             (job_id, worker_id, JobStatus.RUNNING.value),
         ).fetchone()
@@ -374,6 +517,9 @@ class SQLiteJobStore(JobStore):
             if inserted:
                 targets = DeliveryTargets.from_row(row)
                 _add_deliveries(conn, result_deliveries(job_id, targets, result.index), now)
+                for name, seconds in result_durations(result):
+                    _observe(conn, name, seconds)
+                _bump(conn, [("results", "")])
             conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (now, job_id))
         self._listeners.notify(job_id)
         return True
@@ -391,6 +537,9 @@ class SQLiteJobStore(JobStore):
             )
             targets = DeliveryTargets.from_row(row)
             _add_deliveries(conn, status_deliveries(job_id, targets, JobStatus.SUCCEEDED), now)
+            if row["started_at"] is not None:
+                _observe(conn, "run", now - row["started_at"])
+            _bump(conn, outcome_counts(JobStatus.SUCCEEDED, None))
         self._listeners.notify(job_id)
         return True
 
@@ -409,8 +558,21 @@ class SQLiteJobStore(JobStore):
                 (outcome.status.value, outcome.error, now, job_id),
             )
             _add_deliveries(conn, outcome.deliveries, now)
+            _bump(conn, outcome_counts(outcome.status, outcome.error))
         self._listeners.notify(job_id)
         return self.get(job_id)
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        with self._write() as conn:
+            if self._owns(conn, job_id, worker_id) is None:
+                return False
+            conn.execute(
+                "UPDATE jobs SET status = ?, attempts = MAX(0, attempts - 1), lease_owner = NULL, "
+                "lease_expires = NULL, updated_at = ? WHERE id = ?",
+                (JobStatus.QUEUED.value, time.time(), job_id),
+            )
+        self._listeners.notify(job_id)
+        return True
 
     def request_cancel(self, job_id: str) -> Job | None:
         with self._write() as conn:
@@ -429,6 +591,7 @@ class SQLiteJobStore(JobStore):
                     (outcome.status.value, outcome.error, now, job_id),
                 )
                 _add_deliveries(conn, outcome.deliveries, now)
+                _bump(conn, outcome_counts(outcome.status, outcome.error))
             elif status is JobStatus.RUNNING:
                 conn.execute(
                     "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
@@ -498,17 +661,21 @@ class SQLiteJobStore(JobStore):
     ) -> bool:
         with self._write() as conn:
             row = conn.execute(
-                "SELECT job_id, history FROM deliveries WHERE id = ? AND lease_owner = ?",
+                "SELECT job_id, kind, history, created_at FROM deliveries WHERE id = ? AND "
+                "lease_owner = ?",
                 (delivery_id, worker_id),
             ).fetchone()
             if row is None:
                 return False
+            now = time.time()
+            if state == "delivered":
+                _observe(conn, "delivery", now - row["created_at"])
+            _bump(conn, attempt_counts(row["kind"], state))
             conn.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, "
                 "next_at = COALESCE(?, next_at), last_status = ?, last_error = ?, history = ?, "
                 "lease_owner = NULL, lease_expires = NULL, updated_at = ? WHERE id = ?",
-                (state, next_at, *attempt_columns(row["history"], attempt), time.time(),
-                 delivery_id),
+                (state, next_at, *attempt_columns(row["history"], attempt), now, delivery_id),
             )
             job_id = row["job_id"]
         self._listeners.notify(job_id)
@@ -540,6 +707,32 @@ class SQLiteJobStore(JobStore):
                 "UPDATE results SET expired_at = ? WHERE job_id = ? AND idx = ?",
                 (time.time(), job_id, index),
             )
+
+
+def _disk_full(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed for want of space (``SQLITE_FULL``, or an I/O error it reports
+    while the file system is full)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+
+
+def _observe(conn: sqlite3.Connection, name: str, seconds: float) -> None:
+    """Count one ``name`` duration in its histogram bucket, in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO duration_counts (name, bucket, count, total) VALUES (?, ?, 1, ?) "
+        "ON CONFLICT (name, bucket) DO UPDATE SET count = duration_counts.count + 1, "
+        "total = duration_counts.total + excluded.total",
+        (name, duration_bucket(seconds), max(0.0, seconds)),
+    )
+
+
+def _bump(conn: sqlite3.Connection, counts: Iterable[tuple[str, str]]) -> None:
+    """Add one to each ``(name, label)`` counter, in the caller's transaction."""
+    conn.executemany(
+        "INSERT INTO counters (name, label, value) VALUES (?, ?, 1) "
+        "ON CONFLICT (name, label) DO UPDATE SET value = counters.value + 1",
+        list(counts),
+    )
 
 
 def _add_deliveries(

@@ -2,8 +2,10 @@
 
 Every accepted task is a :class:`~reelserve.tasks.Job` row. Workers *claim* a job with a lease,
 renew it with heartbeats, record each finished result as soon as it exists, and finish or fail the
-job. A job whose worker died (lease expired) is claimed again; after ``max_attempts`` claims it
-ends with an error result instead, so no accepted task is ever silently lost.
+job. A job whose worker died (lease expired) is claimed again; after its worker vanished
+``max_losses`` times, or failed ``max_attempts`` times, it ends with an error result instead, so
+no accepted task is ever silently lost. A worker that stops gracefully hands its job back
+(:meth:`JobStore.release`), which costs the job nothing.
 
 Waiting for changes works across processes: every store exposes :meth:`JobStore.subscribe` for
 in-process notification and readers poll :meth:`JobStore.get` with a short interval for writers in
@@ -24,8 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from reelserve.settings import Settings
-    from reelserve.tasks import Job, Result
+    from reelserve.tasks import Job, JobStatus, Result
 
 Listener = Callable[[str], None]
 """Called with a job id after a committed change to that job (from the writing thread)."""
@@ -99,18 +100,88 @@ class DeliveryRecord:
     event: str | None = None
 
 
+DURATIONS: dict[str, str] = {
+    "queue_wait": "from a job's creation to its first claim by a worker",
+    "run": "from a job's first claim to its success (render, encode and store of every result)",
+    "render": "engine time of one result (generating its frames)",
+    "encode": "encode time of one result (frames to the container file; an engine that renders "
+              "lazily, as the encoder pulls frames, spends its render time here)",
+    "delivery": "from a webhook/upload/status delivery being due to its receiver's 2xx",
+}
+"""The durations :meth:`JobStore.durations` measures, with what each one spans."""
+
+DURATION_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                                       120.0, 300.0, 600.0, 1800.0, 3600.0)
+"""Upper bounds (seconds) of the duration histograms: from a fast webhook to a long render or
+a long queue. Stores count each observation in the first bucket it fits (then +Inf)."""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The queued jobs of one model: how many, and when the oldest one was created."""
+
+    model: str
+    depth: int
+    oldest_created_at: float
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What :meth:`JobStore.stats` reads, for every process sharing the store.
+
+    Gauges of now: ``active`` counts the queued and running jobs by status value, ``queues``
+    the queued jobs per model, ``pending_deliveries`` the outbox rows still to send by kind,
+    ``busy_workers`` the workers holding a live lease on a running job; ``now`` is the store's
+    clock at the read.
+
+    Counters since the store was created (kept by the writes themselves, so a scrape reads a
+    few rows and purging old jobs changes nothing): ``finished`` jobs by terminal status,
+    ``failures`` failed jobs by error code, ``results`` videos produced, ``deliveries``
+    outbox rows that ended, by ``(kind, state)`` (delivered, failed, skipped),
+    ``delivery_attempts`` and ``delivery_failed_attempts`` (attempts that did not deliver) by
+    kind.
+    """
+
+    active: dict[str, int]
+    queues: list[QueueStats]
+    pending_deliveries: dict[str, int]
+    busy_workers: int
+    now: float
+    finished: dict[str, int]
+    failures: dict[str, int]
+    results: int
+    deliveries: dict[tuple[str, str], int]
+    delivery_attempts: dict[str, int]
+    delivery_failed_attempts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class DurationHistogram:
+    """Cumulative bucket counts (one per :data:`DURATION_BUCKETS` bound, then +Inf), the sum
+    of the observed seconds and their count."""
+
+    buckets: list[int]
+    total: float
+    count: int
+
+
 @runtime_checkable
 class JobStore(Protocol):
     """Durable jobs with leases. All methods are blocking: call them from a thread, never on the
     asyncio event loop directly (use ``anyio.to_thread`` / ``run_in_threadpool``)."""
 
     max_attempts: int
+    max_losses: int
 
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job, *, max_active: int = 0) -> Job:
         """Insert a new queued job.
 
         Raises :class:`reelserve.errors.ConflictError` (``conflictTaskUUID``) when the owner
-        already has a job with ``job.task_uuid``.
+        already has a job with ``job.task_uuid``. With ``max_active`` (0: no limit), raises
+        :class:`reelserve.errors.InFlightLimitError` (``rateLimitExceeded``) instead of
+        inserting when the owner would have more than that many queued or running jobs; the
+        count and the insert are one transaction, serialised per owner, so concurrent creates
+        never overshoot the limit. A full disk raises ``insufficientStorage``.
         """
         ...
 
@@ -123,13 +194,46 @@ class JobStore(Protocol):
         ...
 
     def list_jobs(
-        self, owner: str, *, origin: str | None = None, limit: int = 20, offset: int = 0,
+        self,
+        owner: str,
+        *,
+        origin: str | None = None,
+        statuses: Collection[JobStatus] | None = None,
         after: str | None = None,
-    ) -> list[Job]:
-        """The owner's jobs, newest first, optionally of one ``origin`` only (for dialect lists).
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[Job], str | None]:
+        """One page of the owner's jobs, newest first (``created_at``, then ``id``, descending),
+        and the cursor of the next page (None when no job follows).
 
-        ``offset`` skips that many; ``after`` (a job id of the same owner) starts below that job
-        (cursor paging). Never returns another owner's job.
+        ``origin`` keeps one dialect's jobs only, ``statuses`` (None: any) only jobs in those
+        states. ``after`` is a cursor from a previous page (or :func:`reelserve.jobs.rows.
+        job_cursor` of a job): the page starts below it with a seek in the list's index, so a
+        page costs the same at any depth. A malformed cursor raises ``ValidationError``
+        (``invalidCursor``). ``offset`` skips that many jobs: only for wire protocols that page
+        by number (Kling ``pageNum``, bounded); ``limit`` is at most 1000. Never returns another
+        owner's job.
+        """
+        ...
+
+    def expired_jobs(self, before: float, limit: int = 200) -> list[Job]:
+        """Terminal jobs whose last change was before ``before`` (retention), oldest first.
+
+        The sweeper removes their artifacts first, then deletes each job with :meth:`delete`.
+        """
+        ...
+
+    def stats(self) -> StoreStats:
+        """Deployment-wide numbers for metrics, read in one pass over the store."""
+        ...
+
+    def durations(self) -> dict[str, DurationHistogram]:
+        """The histogram of every duration in :data:`DURATIONS` over
+        :data:`DURATION_BUCKETS`, deployment-wide.
+
+        Each one is counted by the write that ends it, in that write's transaction: a first
+        claim (queue wait), a finish (run), a new result (its render and encode seconds), a
+        delivered outbox row (delivery). They are counters: purging old jobs leaves them.
         """
         ...
 
@@ -151,8 +255,10 @@ class JobStore(Protocol):
     ) -> Job | None:
         """Take a runnable job (queued, or running with an expired lease), oldest first.
 
-        Increments ``attempts`` and sets status running. A job whose lease expired after
-        ``max_attempts`` claims is failed (``workerLost``) instead of being returned.
+        Increments ``attempts`` and sets status running. Taking over a job whose lease expired
+        (its worker vanished) also counts a *loss*; a job that lost its worker ``max_losses``
+        times (default ``max_attempts``) is failed (``workerLost``) instead of being returned.
+        Losses have their own budget: ``fail(retry=True)`` counts only the claims that failed.
 
         ``prefer_models`` (the models whose weights the worker has loaded) only reorders the
         runnable jobs: the oldest job whose ``spec.model`` is in it is taken before older jobs
@@ -186,6 +292,16 @@ class JobStore(Protocol):
         With ``retry`` and attempts left, the job goes back to the queue instead. A job whose
         cancel was requested ends as cancelled. Returns the job as it is now, or None when the
         lease was lost.
+        """
+        ...
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        """Hand a running job back to the queue: a worker that stops (SIGTERM) or cannot run
+        it now (full disk) gives up its lease so another claim takes the job at once.
+
+        The claim is given back too (``attempts`` decreases): a handed-back job has not failed.
+        Recorded results stay (the next claim renders only the missing ones). False when the
+        worker no longer holds the lease.
         """
         ...
 
@@ -253,38 +369,3 @@ class JobStore(Protocol):
         """Release connections."""
         ...
 
-
-def open_store(settings: Settings) -> JobStore:
-    """The job store named by ``settings.resolved_database_url`` (SQLite by default).
-
-    ``postgresql://`` (or ``postgres://``) URLs open :class:`~reelserve.jobs.postgres.
-    PostgresJobStore`; its driver is imported only then, so ``import reelserve`` and SQLite
-    installs never load it.
-    """
-    from reelserve.errors import ValidationError
-
-    url = settings.resolved_database_url
-    if url.startswith("sqlite:///"):
-        from reelserve.jobs.sqlite import SQLiteJobStore
-
-        return SQLiteJobStore(url.removeprefix("sqlite:///"), max_attempts=settings.max_attempts)
-    scheme = url.split(":", 1)[0]
-    if scheme in ("postgresql", "postgres"):
-        try:
-            from reelserve.jobs.postgres import PostgresJobStore
-        except ImportError as exc:
-            raise ValidationError(
-                "unsupportedDatabaseUrl",
-                f"database_url is a PostgreSQL URL but its driver is not installed ({exc}); "
-                "install the extra: pip install 'reelserve[postgres]'",
-                parameter="database_url",
-                allowed_values=["sqlite"],
-            ) from exc
-        return PostgresJobStore(url, max_attempts=settings.max_attempts)
-    raise ValidationError(
-        "unsupportedDatabaseUrl",
-        f"database_url scheme {scheme!r} is not supported; allowed: sqlite:///PATH, "
-        "postgresql://USER:PASSWORD@HOST:PORT/DBNAME",
-        parameter="database_url",
-        allowed_values=["sqlite", "postgresql"],
-    )

@@ -1,4 +1,4 @@
-"""The one encoder: a :class:`~reelserve.engines.base.Clip` in, a playable file out (PyAV).
+"""The one encoder: a :class:`~reelserve.media.clip.Clip` in, a playable file out (PyAV).
 
 Formats (Runware ``outputFormat``):
 
@@ -10,8 +10,9 @@ Formats (Runware ``outputFormat``):
 
 ``outputQuality`` (20-99) maps to a constant-rate factor through :func:`crf_for`, monotonically:
 higher quality never means a higher CRF. Frame count and fps are exact: frame ``i`` gets
-presentation time ``i / fps``. Audio comes only from ``clip.audio`` (decoded, trimmed to the clip's
-length and re-encoded for the container); without it the file has no audio track.
+presentation time ``i / fps``. Audio comes from ``clip.generated_audio`` (samples a model made,
+resampled) or ``clip.audio`` (an input file's sound, decoded), trimmed sample-exactly to the
+clip's length and re-encoded for the container; without either the file has no audio track.
 
 Frames are pulled from the clip's iterator in a helper thread (which also converts RGB to the
 encoder's pixel format) while this thread encodes, so frame synthesis overlaps encoding and the
@@ -29,12 +30,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reelserve.engines.base import AudioSource, CancelledFn, Clip, ProgressFn
-from reelserve.errors import CancelledError, EngineError
+from reelserve.errors import CANCELLED_CODE, CancelledError, EngineError
+from reelserve.media.clip import AudioSource, CancelledFn, Clip, GeneratedAudio, ProgressFn
 from reelserve.tasks import OutputFormat
 
 if TYPE_CHECKING:
     import av as av_mod
+    import numpy as np
 
 __all__ = [
     "QUALITY_MAX",
@@ -159,15 +161,9 @@ def _plan(fmt: OutputFormat, quality: int, prores_mov: bool) -> _Plan:
 # --------------------------------------------------------------------------------------------
 
 
-def _encode_audio(
-    source: AudioSource, duration: float, out: av_mod.container.OutputContainer, plan: _Plan
-) -> tuple[Any, list[Any]] | None:
-    """Add an audio stream to ``out`` and return it with all its encoded packets.
-
-    Returns None (and adds no stream) when the source has no audio stream or no samples in the
-    requested window, so a silent input gives a file without an audio track. The packets are small
-    (compressed audio of a few seconds) and are interleaved with the video by the caller.
-    """
+def _decode_source(source: AudioSource, duration: float, plan: _Plan) -> np.ndarray | None:
+    """The audio of ``source`` from ``source.start`` for ``duration`` seconds, at the plan's rate
+    and sample format, as a ``(channels, n)`` array; None when it has no audio (or none there)."""
     import av
     import numpy as np
 
@@ -220,7 +216,71 @@ def _encode_audio(
             ) from exc
     if have == 0:
         return None
-    samples = np.concatenate(chunks, axis=1)[:, :need]
+    return np.concatenate(chunks, axis=1)[:, :need]
+
+
+def _resample_generated(audio: GeneratedAudio, duration: float, plan: _Plan) -> np.ndarray:
+    """Generated samples at the plan's rate and format, exactly ``duration`` seconds long.
+
+    Resampled with libswresample (the same resampler as decoded sources). Models run a little
+    long (LTX-2: 5.01 s of audio for a 5 s clip), so the tail is cut sample-exactly; a short
+    result is padded with silence, so the audio track always ends with the video.
+    """
+    import av
+    import numpy as np
+
+    samples = np.asarray(audio.samples, dtype=np.float32)
+    if samples.ndim != 2 or samples.shape[0] not in (1, 2) or audio.sample_rate < 1:
+        raise EngineError(
+            "invalidClip",
+            f"generated audio must be (channels, samples) with 1 or 2 channels at a positive rate, "
+            f"got shape {samples.shape} at {audio.sample_rate} Hz",
+        )
+    channels = samples.shape[0]
+    layout = "stereo" if channels == 2 else "mono"
+    rate = plan.audio_rate
+    need = round(duration * rate)
+    planar = av.AudioFormat(plan.audio_format).is_planar
+    resampler = av.AudioResampler(format=plan.audio_format, layout=layout, rate=rate)
+    src = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(np.clip(samples, -1.0, 1.0)), format="fltp", layout=layout
+    )
+    src.sample_rate = audio.sample_rate
+    chunks: list[np.ndarray] = []
+    for fr in [*resampler.resample(src), *resampler.resample(None)]:
+        arr = fr.to_ndarray()
+        chunks.append(arr if planar else arr.reshape(-1, channels).T)
+    out = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), dtype=np.float32)
+    if out.shape[1] < need:
+        out = np.concatenate([out, np.zeros((channels, need - out.shape[1]), dtype=out.dtype)], axis=1)
+    return out[:, :need]
+
+
+def _encode_audio(
+    clip: Clip, duration: float, out: av_mod.container.OutputContainer, plan: _Plan
+) -> tuple[Any, list[Any]] | None:
+    """Add an audio stream for ``clip`` to ``out`` and return it with all its encoded packets.
+
+    The samples come from ``clip.generated_audio`` or from the file of ``clip.audio``. Returns
+    None (and adds no stream) when the clip has neither, or its source has no audio stream or no
+    samples in the requested window, so a silent input gives a file without an audio track. The
+    packets are small (compressed audio of a few seconds) and are interleaved with the video by
+    the caller.
+    """
+    import av
+    import numpy as np
+
+    if clip.generated_audio is not None:
+        samples: np.ndarray | None = _resample_generated(clip.generated_audio, duration, plan)
+    elif clip.audio is not None:
+        samples = _decode_source(clip.audio, duration, plan)
+    else:
+        return None
+    if samples is None or samples.shape[1] == 0:
+        return None
+    rate = plan.audio_rate
+    layout = "stereo" if samples.shape[0] == 2 else "mono"
+    planar = av.AudioFormat(plan.audio_format).is_planar
 
     stream: Any = out.add_stream(plan.audio_codec, rate=rate)
     stream.layout = layout
@@ -392,7 +452,7 @@ def encode_clip(
             vstream.codec_context.colorspace = av.video.reformatter.Colorspace.ITU601
             vstream.codec_context.color_range = av.video.reformatter.ColorRange.MPEG
 
-            audio = _encode_audio(clip.audio, duration, out, plan) if clip.audio else None
+            audio = _encode_audio(clip, duration, out, plan)
             apackets = audio[1] if audio else []
             ai = 0
 
@@ -400,7 +460,7 @@ def encode_clip(
             count = 0
             for vf in feeder:
                 if cancelled is not None and cancelled():
-                    raise CancelledError("cancelled", "the job was cancelled while encoding")
+                    raise CancelledError(CANCELLED_CODE, "the job was cancelled while encoding")
                 if count >= clip.num_frames:
                     raise EngineError(
                         "invalidClip",

@@ -33,8 +33,12 @@ invalidImageData       invalid      undecodable or truncated image
 invalidImageDimensions invalid      a side outside ``min_side``-``max_side``; decompression bombs
 invalidVideoData       invalid      undecodable video, no video stream, no frames
 invalidVideoDimensions invalid      a video side outside the video limits
-invalidVideoDuration   invalid      a v2v input outside the model's ``video_edit`` duration range
 ====================== ============ =============================================================
+
+This module reports facts (a video's size, frame rate, duration) and refuses only what cannot be
+read or breaks the file limits. Whether those facts suit the task (a v2v input's length against
+the model's ``video_edit`` range, with its 0.1 s snap) is decided in one place,
+:func:`reelserve.catalog.validate.resolve_media`.
 """
 
 from __future__ import annotations
@@ -50,9 +54,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from reelserve.engines.base import ResolvedInputs, VideoInput
 from reelserve.errors import ErrorKind, MediaError, NotFoundError
-from reelserve.tasks import GenerationSpec, Workflow
+from reelserve.media.clip import ResolvedInputs, VideoInput
+from reelserve.tasks import GenerationSpec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -512,8 +516,9 @@ def resolve_inputs(
 
     Images are decoded to RGB PIL images; videos are stored under ``workdir`` and probed. Errors
     name the Runware dotted path of the input (``inputs.frameImages``, ``inputs.referenceImages``,
-    ``inputs.referenceVideos``, ``inputs.video``). For v2v the input video's length is checked
-    against the model's ``video_edit`` duration range. Blocking: run it off the event loop.
+    ``inputs.referenceVideos``, ``inputs.video``). The probed facts are returned, not judged: a
+    v2v input's duration is checked (and snapped) by
+    :func:`reelserve.catalog.validate.resolve_media`. Blocking: run it off the event loop.
     """
     images = _image_limits()
     videos = _video_limits()
@@ -537,31 +542,10 @@ def resolve_inputs(
 
     first = spec.first_frame()
     last = spec.last_frame()
-    resolved = ResolvedInputs(
+    return ResolvedInputs(
         first_frame=image(first, PARAM_FRAME_IMAGES) if first else None,
         last_frame=image(last, PARAM_FRAME_IMAGES) if last else None,
         reference_images=[image(r, PARAM_REFERENCE_IMAGES) for r in spec.reference_images],
         reference_videos=[video(r, PARAM_REFERENCE_VIDEOS) for r in spec.reference_videos],
         input_video=video(spec.input_video, PARAM_VIDEO) if spec.input_video else None,
     )
-    if spec.workflow is Workflow.V2V and resolved.input_video is not None:
-        _check_edit_duration(spec.model, resolved.input_video)
-    return resolved
-
-
-def _check_edit_duration(model: str, video: VideoInput) -> None:
-    from reelserve.catalog import get_catalog
-
-    try:
-        edit = get_catalog().model(model).video_edit
-    except Exception:  # an unknown model was refused by the validator already
-        return
-    if edit is None:
-        return
-    if not edit.min_duration <= video.duration <= edit.max_duration:
-        raise MediaError(
-            "invalidVideoDuration",
-            f"{PARAM_VIDEO}: the input video is {video.duration:.2f} s long; {model} edits "
-            f"videos of {edit.min_duration:g}-{edit.max_duration:g} s",
-            parameter=PARAM_VIDEO,
-        )

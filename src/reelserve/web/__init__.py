@@ -1,9 +1,10 @@
 """The playground page served at ``GET /``: static HTML, CSS and JS, no build step.
 
-The page talks to this server's ``POST /v1`` only (modelSearch, imageUpload, videoInference
-async, getResponse, getTaskDetails) and loads nothing from another origin; the
+The page talks to this server only: ``POST /v1`` (modelSearch, imageUpload, videoInference
+async, getResponse, getTaskDetails) and the task API (``GET /v1/tasks``, ``POST
+/v1/tasks/{taskUUID}/cancel``) for its history; it loads nothing from another origin, and the
 Content-Security-Policy sent with it enforces both. The files are package data, read once when
-the router is built.
+the router is built. ``/favicon.ico`` is served too (browsers ask for it on every page).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def _read(name: str) -> bytes:
 
 
 def playground_router() -> APIRouter:
-    """``GET /`` (the page) and ``GET /playground/{app.js,app.css}`` (its assets)."""
+    """``GET /`` (the page), ``GET /playground/{app.js,app.css}`` (its assets) and
+    ``GET /favicon.ico``."""
     router = APIRouter()
     page = _read("index.html")
     assets = {name: (_read(name), media_type) for name, media_type in _ASSETS.items()}
@@ -58,7 +60,14 @@ def playground_router() -> APIRouter:
         body, media_type = found
         return Response(body, media_type=media_type, headers=_HEADERS)
 
+    icon = _read("favicon.ico")
+
+    async def favicon() -> Response:
+        return Response(icon, media_type="image/x-icon",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
     router.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+    router.add_api_route("/favicon.ico", favicon, methods=["GET"], include_in_schema=False)
     router.add_api_route(f"{ASSET_PREFIX}/{{name}}", asset, methods=["GET"],
                          include_in_schema=False)
     return router

@@ -1,12 +1,19 @@
-// reelserve playground. Speaks the Runware task protocol to this server's POST /v1 only
-// (modelSearch, imageUpload, videoInference async, getResponse, getTaskDetails); no other
+// reelserve playground. Speaks the Runware task protocol to this server's POST /v1
+// (modelSearch, imageUpload, videoInference async, getResponse, getTaskDetails) and reads this
+// key's history from the task API (GET /v1/tasks, POST /v1/tasks/{taskUUID}/cancel); no other
 // origin is contacted, so the page works offline and under a strict Content-Security-Policy.
 "use strict";
 
 (() => {
   const ENDPOINT = "/v1";
+  const TASKS_ENDPOINT = "/v1/tasks";
   const KEY_STORAGE = "reelserve.apiKey";
+  const HISTORY_STORAGE = "reelserve.history";
+  const HISTORY_SIZE = 20;
   const POLL_MS = 1000;
+  // Kling camera control (catalog: [camera] in models.toml; a test keeps these equal to it).
+  const CAMERA_TYPES = ["simple", "down_back", "forward_up", "right_turn_forward", "left_turn_forward"];
+  const CAMERA_AXES = ["horizontal", "vertical", "pan", "tilt", "roll", "zoom"];
 
   const $ = (id) => document.getElementById(id);
   let models = [];
@@ -33,11 +40,16 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  // One task per request: the reply's data items, or its first error thrown as ApiError.
-  async function call(task) {
+  function authHeaders() {
     const headers = { "Content-Type": "application/json" };
     const key = sessionStorage.getItem(KEY_STORAGE);
     if (key) headers.Authorization = `Bearer ${key}`;
+    return headers;
+  }
+
+  // One task per request: the reply's data items, or its first error thrown as ApiError.
+  async function call(task) {
+    const headers = authHeaders();
     const resp = await fetch(ENDPOINT, { method: "POST", headers, body: JSON.stringify([task]) });
     let body;
     try {
@@ -93,6 +105,7 @@
     $("key-panel").hidden = true;
     $("change-key").hidden = false;
     loadModels();
+    loadHistory();
   });
 
   $("change-key").addEventListener("click", () => {
@@ -166,6 +179,12 @@
 
     $("prompt").required = (model.promptRequired || []).includes(workflow);
 
+    // Camera control only where the model takes it (providerSettings.klingai.cameraControl).
+    const camera = (model.providerSettings || []).includes("cameraControl");
+    $("camera-field").hidden = !camera;
+    if (!camera) $("camera-type").value = "";
+    updateCamera();
+
     const fps = (model.fps || {})[workflow];
     const price = model.price ? ` · ${model.price.base} USD per ${model.price.unit}` : "";
     const sizeNote = model.sizeFromFirstFrame ? " · size follows the first frame" : "";
@@ -173,9 +192,56 @@
       `${model.name}: ${workflows.join(", ")}${fps ? ` · ${fps} fps` : ""}${price}${sizeNote}`;
   }
 
-  $("model").addEventListener("change", updateForm);
-  $("first-frame").addEventListener("change", updateForm);
-  $("last-frame").addEventListener("change", updateForm);
+  function updateCamera() {
+    const type = $("camera-type").value;
+    const simple = type === "simple" && !$("camera-field").hidden;
+    $("camera-axis-field").hidden = !simple;
+    $("camera-value-field").hidden = !simple;
+  }
+
+  function fillCamera() {
+    fillSelect($("camera-type"), ["", ...CAMERA_TYPES],
+      ["none", ...CAMERA_TYPES.map((t) => (t === "simple" ? "move on one axis" : t.replaceAll("_", " ")))]);
+    fillSelect($("camera-axis"), CAMERA_AXES);
+    $("camera-axis").value = "zoom";
+  }
+
+  // The wire cameraControl for the form, or null (none chosen or the model takes none).
+  function cameraControl() {
+    const type = $("camera-type").value;
+    if (!type || $("camera-field").hidden) return null;
+    if (type !== "simple") return { type };
+    return { type, config: { [$("camera-axis").value]: Number($("camera-value").value) } };
+  }
+
+  // Previews of the chosen first and last frames (local files: blob: URLs, nothing uploaded).
+  function showPreview(input, img) {
+    if (img.src) URL.revokeObjectURL(img.src);
+    const file = input.files[0];
+    img.hidden = !file;
+    if (file) img.src = URL.createObjectURL(file);
+    else img.removeAttribute("src");
+  }
+
+  function clearResult() {
+    $("results").replaceChildren();
+    setProgress(null);
+    say("");
+  }
+
+  $("model").addEventListener("change", () => {
+    clearResult(); // the shown videos belong to the previous model
+    updateForm();
+  });
+  $("first-frame").addEventListener("change", () => {
+    showPreview($("first-frame"), $("first-preview"));
+    updateForm();
+  });
+  $("last-frame").addEventListener("change", () => {
+    showPreview($("last-frame"), $("last-preview"));
+    updateForm();
+  });
+  $("camera-type").addEventListener("change", updateCamera);
 
   // ------------------------------------------------------------------ generate
 
@@ -253,6 +319,7 @@
     if (!model) return;
     $("submit").disabled = true;
     $("results").replaceChildren();
+    $("message").classList.remove("error");
     setProgress(0);
     const started = Date.now();
     try {
@@ -286,11 +353,17 @@
         task.height = height;
       }
       if ($("seed").value !== "") task.seed = Number($("seed").value);
+      if ($("cfg-scale").value !== "") task.CFGScale = Number($("cfg-scale").value);
+      const camera = cameraControl();
+      if (camera) task.providerSettings = { klingai: { cameraControl: camera } };
       if (frames.length) task.inputs = { frameImages: frames };
 
       say("submitting…");
       await call(task);
+      currentTask = task.taskUUID;
+      $("cancel-current").hidden = false;
       say("queued…");
+      loadHistory();
       await waitForResults(task.taskUUID, expected);
       setProgress(100);
       say(`done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
@@ -298,9 +371,144 @@
       setProgress(null);
       say(describe(err), true);
     } finally {
+      currentTask = null;
+      $("cancel-current").hidden = true;
       $("submit").disabled = models.length === 0;
+      loadHistory();
     }
   });
 
+  // ------------------------------------------------------------------ history (GET /v1/tasks)
+
+  let currentTask = null;
+  let historyTimer = null;
+
+  // The history is cached per key (a short hash, never the key itself) so it shows at once
+  // after a reload; the server's list replaces it as soon as it arrives.
+  function historyKey() {
+    const key = sessionStorage.getItem(KEY_STORAGE) || "";
+    let hash = 5381;
+    for (let i = 0; i < key.length; i += 1) hash = ((hash * 33) ^ key.charCodeAt(i)) >>> 0;
+    return `${HISTORY_STORAGE}.${hash.toString(16)}`;
+  }
+
+  async function tasksRequest(path, method) {
+    const resp = await fetch(TASKS_ENDPOINT + path, { method, headers: authHeaders() });
+    let body;
+    try {
+      body = await resp.json();
+    } catch (_) {
+      throw new ApiError({ code: "invalidServerResponse", message: `HTTP ${resp.status}, not JSON` });
+    }
+    if (!resp.ok) {
+      const error = (body.errors || [])[0] || body.error || { code: "httpError", message: `HTTP ${resp.status}` };
+      throw new ApiError(error);
+    }
+    return body;
+  }
+
+  const ACTIVE = ["queued", "running", "cancelling"];
+
+  function renderHistory(entries) {
+    const list = $("history");
+    list.replaceChildren(...entries.map((entry) => {
+      const li = document.createElement("li");
+      li.className = `task ${entry.status}`;
+      li.dataset.taskUuid = entry.taskUUID;
+      const head = document.createElement("div");
+      const status = document.createElement("strong");
+      status.className = "task-status";
+      status.textContent = entry.status;
+      const what = document.createElement("span");
+      const when = (entry.createdAt || "").replace("T", " ").slice(0, 19);
+      what.textContent = ` ${entry.model} · ${entry.origin} · ${when} UTC · ${entry.prompt || "(no prompt)"}`;
+      head.append(status, what);
+      li.append(head);
+      if (ACTIVE.includes(entry.status)) {
+        const bar = document.createElement("progress");
+        bar.max = 100;
+        bar.value = entry.progress;
+        bar.className = "task-progress";
+        const cancel = document.createElement("button");
+        cancel.type = "button";
+        cancel.className = "task-cancel";
+        cancel.textContent = "cancel";
+        cancel.addEventListener("click", () => cancelTask(entry.taskUUID));
+        li.append(bar, cancel);
+      }
+      if (entry.error) {
+        const error = document.createElement("p");
+        error.className = "task-error";
+        error.textContent = `${entry.error.code}: ${entry.error.message}`;
+        li.append(error);
+      }
+      (entry.results || []).forEach((result, index) => {
+        const play = document.createElement("button");
+        play.type = "button";
+        play.className = "task-play";
+        play.textContent = `play ${index + 1}`;
+        play.addEventListener("click", () => playResult(entry, result));
+        const link = document.createElement("a");
+        link.className = "task-download";
+        link.href = result.url;
+        link.download = "";
+        link.textContent = `download ${index + 1}`;
+        li.append(play, " ", link, " ");
+      });
+      return li;
+    }));
+  }
+
+  function playResult(entry, result) {
+    const figure = document.createElement("figure");
+    const video = document.createElement("video");
+    video.controls = true;
+    video.loop = true;
+    video.muted = true;
+    video.autoplay = true;
+    video.playsInline = true;
+    video.src = result.url;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${entry.model} · seed ${result.seed}`;
+    figure.append(video, caption);
+    $("results").replaceChildren(figure);
+  }
+
+  async function loadHistory() {
+    const cacheKey = historyKey();
+    try {
+      const page = await tasksRequest(`?limit=${HISTORY_SIZE}`, "GET");
+      localStorage.setItem(cacheKey, JSON.stringify(page.data));
+      renderHistory(page.data);
+      clearTimeout(historyTimer);
+      // Follow running tasks (progress, end) while any is active.
+      if (page.data.some((entry) => ACTIVE.includes(entry.status))) {
+        historyTimer = setTimeout(loadHistory, POLL_MS);
+      }
+    } catch (err) {
+      const cached = localStorage.getItem(cacheKey);
+      if (cached) renderHistory(JSON.parse(cached));
+    }
+  }
+
+  async function cancelTask(taskUUID) {
+    try {
+      await tasksRequest(`/${encodeURIComponent(taskUUID)}/cancel`, "POST");
+    } catch (err) {
+      say(describe(err), true);
+    }
+    loadHistory();
+  }
+
+  $("cancel-current").addEventListener("click", () => {
+    if (currentTask) cancelTask(currentTask);
+  });
+  $("history-refresh").addEventListener("click", loadHistory);
+
+  // Show the cached history at once, then the server's.
+  const cachedHistory = localStorage.getItem(historyKey());
+  if (cachedHistory) renderHistory(JSON.parse(cachedHistory));
+  fillCamera();
   loadModels();
+  loadHistory();
 })();

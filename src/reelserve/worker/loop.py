@@ -11,6 +11,14 @@ loses its lease stops without writing anything more. Engines that batch (:class:
 render the missing seeds in groups, and each group's results are recorded before the next group
 starts, so a crash costs at most one group.
 
+Stopping and trouble: a worker asked to hand its job back (``hand_back``, set when a stopping
+process's grace period ends) stops rendering at the next cancellation point and returns the job
+to the queue (:meth:`JobStore.release`), so another worker takes it at once and the job loses no
+attempt. A full disk is not the job's fault either: the job is handed back the same way and the
+worker waits before its next claim, doubling the pause while the disk stays full. Repeated
+trouble (a full disk, a database that refuses claims) is logged once when it starts and once
+when it clears, not once per try.
+
 Claim order: a selector that knows which models are loaded (:class:`PreferringSelector`, like the
 engine registry) makes the worker claim jobs for those models first, within the store's bound on
 how long another model's job may be passed over (``settings.prefer_max_wait``).
@@ -23,19 +31,28 @@ import os
 import shutil
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from reelserve.delivery.storage import OUTPUTS, ArtifactStore, owned_media_path
+from reelserve.delivery.storage import OUTPUTS, ArtifactStore, is_disk_full, owned_media_path
 from reelserve.engines.base import BatchEngine
-from reelserve.errors import CancelledError, EngineError, ErrorKind, ReelserveError
-from reelserve.tasks import GenerationSpec, Job, Result
+from reelserve.errors import (
+    CANCELLED_CODE,
+    CancelledError,
+    EngineError,
+    ErrorKind,
+    ReelserveError,
+)
+from reelserve.tasks import GenerationSpec, Job, JobStatus, Result
 
 if TYPE_CHECKING:
-    from reelserve.engines.base import Clip, Engine, ResolvedInputs
+    from reelserve.engines.base import Engine
     from reelserve.jobs.store import JobStore
+    from reelserve.media.clip import Clip, ResolvedInputs
+    from reelserve.safety import ContentGuard, SafetyChecker
     from reelserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +80,93 @@ class PreferringSelector(Protocol):
 
 class _LeaseLost(Exception):
     """Another worker owns the job now (or it ended): stop quietly."""
+
+
+class _HandBack(Exception):
+    """The worker is stopping: give the job back to the queue instead of finishing it."""
+
+
+WORK = "work"
+"""The folder of ``data_dir`` holding one scratch folder per running job,
+``<job id>-<6 hex>`` (inputs fetched, frames, the encoded file before it is stored)."""
+
+
+def remove_work_folders(work: Path, job_id: str) -> None:
+    """Remove every scratch folder of ``job_id`` under ``work``: what an interrupted attempt of
+    the job (its worker killed) left. Called by the worker that just claimed the job, which
+    makes it the only one entitled to them."""
+    for folder in work.glob(f"{job_id}-*"):
+        if folder.name[len(job_id) + 1:].isalnum():  # exactly <job id>-<suffix>, no other job
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def clean_work_folders(data_dir: Path, store: JobStore) -> int:
+    """Remove the scratch folders under ``data_dir/work`` of jobs that are not running any more
+    (finished, queued again or gone): left by workers that were killed. Returns how many.
+
+    Folders of running jobs stay: another process sharing the data dir may be rendering them
+    (a job whose worker died is cleaned by the claim that takes it over).
+    """
+    removed = 0
+    work = Path(data_dir) / WORK
+    if not work.is_dir():
+        return 0
+    for folder in work.iterdir():
+        job_id, sep, _suffix = folder.name.rpartition("-")
+        if not sep or not folder.is_dir():
+            continue
+        job = store.get(job_id)
+        if job is None or job.status is not JobStatus.RUNNING:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    if removed:
+        log.info("removed %d scratch folder(s) of interrupted jobs in %s", removed, work)
+    return removed
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ReelserveError):
+        return f"{exc.code}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Trouble:
+    """A condition that makes a worker wait and retry (a full disk, a database refusing
+    writes): exponential backoff from ``first`` to ``most`` seconds, and one log line when the
+    condition starts (or changes) and one when it clears, however often it is retried."""
+
+    def __init__(self, what: str, first: float = 0.5, most: float = 30.0) -> None:
+        self.what = what
+        self.first = first
+        self.most = most
+        self.delay = 0.0
+        self.key: str | None = None  # the condition being retried now (an error code or type)
+        self.tries = 0
+
+    def hit(self, exc: BaseException) -> float:
+        """Record one failed try because of ``exc``; returns how long to wait before the next."""
+        key = exc.code if isinstance(exc, ReelserveError) else type(exc).__name__
+        if key != self.key:
+            # A new condition: say so once (with the traceback when it is not one we know).
+            if isinstance(exc, ReelserveError) or is_disk_full(exc):
+                log.warning("%s: %s; retrying with backoff", self.what, _describe(exc))
+            else:
+                log.error("%s: %s; retrying with backoff", self.what, _describe(exc),
+                          exc_info=exc)
+            self.key = key
+            self.delay = 0.0
+        self.tries += 1
+        self.delay = self.first if not self.delay else min(self.most, self.delay * 2)
+        return self.delay
+
+    def clear(self) -> None:
+        """The last try worked: log the recovery once and reset the backoff."""
+        if self.key is not None:
+            log.info("%s: recovered after %d failed tr%s", self.what, self.tries,
+                     "y" if self.tries == 1 else "ies")
+        self.key = None
+        self.delay = 0.0
+        self.tries = 0
 
 
 def default_engine_selector(settings: Settings) -> EngineSelector:
@@ -96,6 +200,7 @@ class _JobRun:
         self.worker = worker
         self.job = job
         self.progress = 0.0
+        self.guard: ContentGuard | None = None  # the content check, when the request asks one
         self.cancelled = threading.Event()
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -115,6 +220,7 @@ class _JobRun:
         lease = self.worker.settings.lease_seconds
         interval = max(0.05, min(lease / 3, 2.0))
         sent = -1.0
+        failing = False
         while not self._stop.wait(interval):
             progress = round(self.progress, 1)
             try:
@@ -122,9 +228,13 @@ class _JobRun:
                     self.job.id, self.worker.worker_id, lease,
                     progress if progress != sent else None,
                 )
-            except Exception:  # a busy DB must not kill the job; the next beat retries
-                log.exception("heartbeat failed for job %s", self.job.id)
+            except Exception as exc:  # a busy DB must not kill the job; the next beat retries
+                if not failing:  # once per spell, not once per beat
+                    log.warning("heartbeat failed for job %s: %s", self.job.id, _describe(exc),
+                                exc_info=None if isinstance(exc, ReelserveError) else exc)
+                failing = True
                 continue
+            failing = False
             sent = progress
             if not beat.owned:
                 self.lost.set()
@@ -133,8 +243,8 @@ class _JobRun:
                 self.cancelled.set()
 
     def is_cancelled(self) -> bool:
-        """Engines and the encoder poll this between frames."""
-        return self.cancelled.is_set() or self.lost.is_set()
+        """Engines and the encoder poll this between frames (a hand-back stops them too)."""
+        return self.cancelled.is_set() or self.lost.is_set() or self.worker.hand_back.is_set()
 
     def set_progress(self, finished: int, fraction: float, span: int = 1) -> None:
         """``finished`` results are recorded and the next ``span`` are ``fraction`` done;
@@ -154,6 +264,10 @@ class Worker:
         select_engine: picks the engine per spec (default: the engine registry).
         worker_id: unique id used for leases (default: host, pid and a random suffix).
         fetch: the outbound fetcher passed to input resolution (default: the netguard).
+        safety_checker: the content checker for requests with ``safety.checkContent``
+            (default: the one configured by ``REELSERVE_SAFETY_MODEL``, loaded on first use).
+        hand_back: once set, a running job stops at its next cancellation point and goes
+            back to the queue (a stopping executor sets it when its grace period ends).
     """
 
     def __init__(
@@ -165,8 +279,15 @@ class Worker:
         *,
         worker_id: str | None = None,
         fetch: Callable[..., Any] | None = None,
+        safety_checker: SafetyChecker | None = None,
+        hand_back: threading.Event | None = None,
     ) -> None:
         self.settings = settings
+        self.hand_back = hand_back or threading.Event()
+        #: Claims failing (the database refusing), and jobs handed back for a full disk.
+        self.claim_trouble = Trouble("worker claim")
+        self.disk_trouble = Trouble("worker storage", first=1.0, most=60.0)
+        self._safety_checker = safety_checker
         self.store = store
         self.artifacts = artifacts
         self._select_engine = select_engine
@@ -191,10 +312,13 @@ class Worker:
         while not stop.is_set():
             try:
                 did_work = self.run_once()
-            except Exception:  # keep the slot alive: the job's lease expires and it is retried
-                log.exception("worker %s: unexpected error", self.worker_id)
-                did_work = False
-            if not did_work:
+            except Exception as exc:  # keep the slot alive: the job's lease expires, it is retried
+                stop.wait(self.claim_trouble.hit(exc))
+                continue
+            self.claim_trouble.clear()
+            if self.disk_trouble.delay:  # the last job found the disk full: wait, then retry
+                stop.wait(self.disk_trouble.delay)
+            elif not did_work:
                 self._wake.wait(poll_interval)
                 self._wake.clear()
         self._unsubscribe()
@@ -226,43 +350,69 @@ class Worker:
 
     def process(self, job: Job) -> None:
         """Run a claimed job and record its outcome in the store."""
-        workdir = Path(self.settings.data_dir) / "work" / f"{job.id}-{uuid.uuid4().hex[:6]}"
-        workdir.mkdir(parents=True, exist_ok=True)
+        work = Path(self.settings.data_dir) / WORK
+        remove_work_folders(work, job.id)  # an interrupted earlier attempt's
+        workdir = work / f"{job.id}-{uuid.uuid4().hex[:6]}"
         try:
             with _JobRun(self, job) as run:
                 try:
+                    workdir.mkdir(parents=True, exist_ok=True)
                     self._render(run, workdir)
                 except _LeaseLost:
                     log.info("job %s: lease lost, stopping", job.id)
-                except CancelledError as exc:
-                    if not run.lost.is_set():  # a lost lease is not a cancellation: stay quiet
-                        self.store.fail(job.id, self.worker_id, error_dict(exc))
-                except ReelserveError as exc:
-                    if run.lost.is_set():
-                        return
-                    err: ReelserveError = exc
-                    if run.cancelled.is_set():
-                        err = CancelledError("taskCancelled", "the task was cancelled")
-                    # Internal engine errors may be transient (out of memory): retry those.
-                    retry = err.kind in (ErrorKind.INTERNAL, ErrorKind.UNAVAILABLE,
-                                         ErrorKind.TIMEOUT)
-                    self.store.fail(job.id, self.worker_id, error_dict(err), retry=retry)
+                    return
                 except Exception as exc:
-                    log.exception("job %s failed", job.id)
-                    if run.lost.is_set():
+                    if self._put_back(run, exc):
                         return
-                    internal = {"code": "internalError", "kind": ErrorKind.INTERNAL.value,
-                           "message": f"the worker failed while rendering: {type(exc).__name__}: "
-                                      f"{exc}"}
-                    self.store.fail(job.id, self.worker_id, internal, retry=True)
+                    self._fail(run, exc)
+                self.disk_trouble.clear()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _put_back(self, run: _JobRun, exc: Exception) -> bool:
+        """Return the job to the queue when ``exc`` is not its fault: this worker is stopping,
+        or the disk is full (then back off). True when the job needs nothing more from here."""
+        job = run.job
+        if run.lost.is_set():
+            return True  # another worker has it, or it ended: write nothing
+        if run.cancelled.is_set():
+            return False  # the client's cancellation wins: the job ends as cancelled
+        if self.hand_back.is_set():
+            if self.store.release(job.id, self.worker_id):
+                log.info("job %s handed back to the queue: this worker is stopping", job.id)
+            return True
+        if is_disk_full(exc):
+            self.disk_trouble.hit(exc)
+            self.store.release(job.id, self.worker_id)
+            return True
+        return False
+
+    def _fail(self, run: _JobRun, exc: Exception) -> None:
+        """Record how the job ended because of ``exc`` (failed, retried or cancelled)."""
+        job = run.job
+        if isinstance(exc, CancelledError):
+            self.store.fail(job.id, self.worker_id, error_dict(exc))
+            return
+        if isinstance(exc, ReelserveError):
+            err: ReelserveError = exc
+            if run.cancelled.is_set():
+                err = CancelledError(CANCELLED_CODE, "the task was cancelled")
+            # Internal engine errors may be transient (out of memory): retry those.
+            retry = err.kind in (ErrorKind.INTERNAL, ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT)
+            self.store.fail(job.id, self.worker_id, error_dict(err), retry=retry)
+            return
+        log.exception("job %s failed", job.id, exc_info=exc)
+        internal = {"code": "internalError", "kind": ErrorKind.INTERNAL.value,
+                    "message": f"the worker failed while rendering: {type(exc).__name__}: {exc}"}
+        self.store.fail(job.id, self.worker_id, internal, retry=True)
 
     def _check(self, run: _JobRun) -> None:
         if run.lost.is_set():
             raise _LeaseLost
+        if self.hand_back.is_set() and not run.cancelled.is_set():
+            raise _HandBack
         if run.cancelled.is_set():
-            raise CancelledError("taskCancelled", "the task was cancelled while it ran")
+            raise CancelledError(CANCELLED_CODE, "the task was cancelled while it ran")
 
     def _lookup(self, owner: str) -> Callable[[str], Path | None]:
         """UUID -> local file of an upload or an earlier output of the same owner."""
@@ -304,6 +454,11 @@ class Worker:
         job = run.job
         spec, inputs = self._resolve(job, workdir)
         self._check(run)
+        # Inputs are checked before an engine is even chosen: a flagged one costs no GPU time.
+        run.guard = self._content_guard(spec, run)
+        if run.guard is not None:
+            run.guard.check_inputs(inputs)
+            self._check(run)
         cost_each = price(spec)
         done = {r.index for r in job.results}
         engine = self.select_engine(spec)
@@ -315,15 +470,27 @@ class Worker:
             group = missing[start : start + size]
             finished = len(done) + start
             self._check(run)
+            began = time.monotonic()
             clips = self._generate(run, engine, spec, inputs, group, finished)
+            render_each = (time.monotonic() - began) / len(group)  # a batch shares its time
             # Each result is encoded, stored and recorded before the next one is encoded.
             for offset, ((index, seed), clip) in enumerate(zip(group, clips, strict=True)):
-                self._record(run, spec, clip, index, seed, cost_each, workdir, finished + offset)
+                self._record(run, spec, clip, index, seed, cost_each, workdir, finished + offset,
+                             render_seconds=render_each)
         total = round(cost_each * len(spec.seeds), 6)
         if not self.store.finish(job.id, self.worker_id, cost=total):
             raise _LeaseLost
         log.info("job %s finished (%d results) in attempt %d", job.id, len(spec.seeds),
                  job.attempts)
+
+    def _content_guard(self, spec: GenerationSpec, run: _JobRun) -> ContentGuard | None:
+        """The content check this job asked for (``safety``), or None."""
+        if not spec.safety.check_content:
+            return None  # reelserve.safety (and its model) is loaded only when asked for
+        from reelserve.safety import guard_for
+
+        return guard_for(self.settings, spec, checker=self._safety_checker,
+                         cancelled=run.is_cancelled)
 
     def _generate(
         self,
@@ -365,10 +532,13 @@ class Worker:
         cost: float,
         workdir: Path,
         finished: int,
+        *,
+        render_seconds: float | None = None,
     ) -> None:
         """Encode ``clip``, store the file and record it as result ``index`` of the job.
 
-        ``finished`` results are recorded already (for progress).
+        ``finished`` results are recorded already (for progress); ``render_seconds`` is the
+        engine's time for the clip, recorded with the encoder's time for metrics.
         """
         from reelserve.media.encode import content_type_for, encode_clip, extension_for
         from reelserve.media.probe import probe
@@ -381,11 +551,22 @@ class Worker:
             run.set_progress(finished, fraction * 0.98)
 
         out = workdir / f"result-{index}.{ext}"
+        # The content check taps the frames on their way into the encoder (no second decode).
+        watch = run.guard.watch(clip, index) if run.guard is not None else None
+        encode_began = time.monotonic()
         encode_clip(
-            clip, out, output_format=spec.output_format, quality=spec.output_quality,
-            prores_mov=self.settings.prores_mov, progress=on_encode, cancelled=run.is_cancelled,
+            watch.clip if watch is not None else clip, out, output_format=spec.output_format,
+            quality=spec.output_quality, prores_mov=self.settings.prores_mov, progress=on_encode,
+            cancelled=run.is_cancelled,
         )
+        encode_seconds = time.monotonic() - encode_began
         self._check(run)
+        checked = watch.finish() if watch is not None else None
+        if checked is not None and checked.error is not None:
+            out.unlink(missing_ok=True)
+            log.info("job %s: result %d withheld by the content check (%d frames, %.3f s)",
+                     job.id, index, checked.frames, checked.seconds)
+            raise checked.error
         video_uuid = str(uuid.uuid4())
         content_type = content_type_for(spec.output_format)
         info = self.artifacts.put_file(
@@ -407,28 +588,13 @@ class Worker:
             duration=facts.duration if facts else clip.num_frames / clip.fps,
             has_audio=facts.has_audio if facts else clip.audio is not None,
             cost=cost,
+            nsfw=checked.flagged if checked is not None else None,
+            safety_seconds=checked.seconds if checked is not None else None,
+            safety_frames=checked.frames if checked is not None else None,
+            render_seconds=round(render_seconds, 6) if render_seconds is not None else None,
+            encode_seconds=round(encode_seconds, 6),
         )
         if not self.store.add_result(job.id, self.worker_id, result):
             raise _LeaseLost
         run.set_progress(finished, 1.0)
 
-
-def run_standalone(settings: Settings, stop: threading.Event | None = None, *,
-                   name: str | None = None, grace: float = 10.0) -> None:
-    """``reelserve worker``: run ``settings.workers`` (at least one) slots until stopped.
-
-    ``name`` goes into the worker ids (a supervised child's slot, e.g. ``gpu0``); once ``stop``
-    is set, running jobs get ``grace`` seconds to finish.
-    """
-    from reelserve.worker.executors import ThreadExecutor
-
-    stop = stop or threading.Event()
-    executor = ThreadExecutor.from_settings(settings, slots=max(1, settings.workers), name=name)
-    executor.start()
-    try:
-        # Poll rather than block forever, so a signal handler setting ``stop`` is seen promptly.
-        while not stop.wait(1.0):
-            continue
-    finally:
-        executor.stop(grace)
-        executor.store.close()  # the executor opened it (from_settings), so it closes it

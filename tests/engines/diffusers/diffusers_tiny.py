@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 TEXT_DIM = 32
-KINDS = ("wan-t2v", "wan-i2v", "wan-flf2v", "wan22-i2v", "wan22-ti2v", "wan-vace", "ltx-condition")
+KINDS = (
+    "wan-t2v", "wan-i2v", "wan-flf2v", "wan22-i2v", "wan22-ti2v", "wan-vace", "ltx-condition", "ltx2"
+)
 
 _CORPUS = [
     "a cat dances on the moon",
@@ -49,6 +51,112 @@ def tiny_tokenizer() -> Any:
     )
     return T5TokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
+
+
+def tiny_gemma_tokenizer() -> Any:
+    """A Gemma-style fast tokenizer (Unigram, ``<bos>`` prepended) trained on a few sentences."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import GemmaTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=120, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"], unk_token="<unk>"
+    )
+    tok.train_from_iterator(_CORPUS * 10, trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
+    )
+    return GemmaTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
+
+
+def build_ltx2() -> Any:
+    """A tiny LTX-2 pipeline: audio-video transformer, video VAE, audio VAE, vocoder, Gemma 3.
+
+    Shaped like diffusers' own LTX-2 fast tests, except that the Gemma 3 text encoder is built
+    from a small config and the tokenizer is trained here (nothing is downloaded), and the vocoder
+    upsamples by the mel hop (10 x 4 x 4 = 160 at 16 kHz), so its audio lasts as long as the video
+    does, as the real 24 kHz vocoder's does.
+    """
+    import diffusers
+    import torch
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(0)
+    tokenizer = tiny_gemma_tokenizer()
+    text_encoder = Gemma3ForConditionalGeneration(
+        Gemma3Config(
+            text_config={
+                "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 32,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1,
+                "head_dim": 8, "max_position_embeddings": 2048, "sliding_window": 64,
+            },
+            vision_config={
+                "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+            },
+            mm_tokens_per_image=4,
+        )
+    ).eval()
+    hidden = text_encoder.config.text_config.hidden_size
+    transformer = diffusers.LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+        attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
+        audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
+        num_layers=2, qk_norm="rms_norm_across_heads", caption_channels=hidden,
+        rope_double_precision=False, rope_type="split",
+    )
+    connectors = LTX2TextConnectors(
+        caption_channels=hidden, text_proj_in_factor=text_encoder.config.text_config.num_hidden_layers + 1,
+        video_connector_num_attention_heads=4, video_connector_attention_head_dim=8,
+        video_connector_num_layers=1, video_connector_num_learnable_registers=None,
+        audio_connector_num_attention_heads=4, audio_connector_attention_head_dim=8,
+        audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
+        connector_rope_base_seq_len=32, rope_theta=10000.0, rope_double_precision=False,
+        causal_temporal_positioning=False, rope_type="split",
+    )
+    vae = diffusers.AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+        decoder_block_out_channels=(8,), layers_per_block=(1,), decoder_layers_per_block=(1, 1),
+        spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
+        decoder_inject_noise=(False, False), downsample_type=("spatial",), upsample_residual=(False,),
+        upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
+    )
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    audio_vae = diffusers.AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None,
+        in_channels=2, resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height",
+        dropout=0.0, mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160,
+        is_causal=True, mel_bins=8,
+    )
+    vocoder = LTX2Vocoder(
+        in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins, hidden_channels=32,
+        out_channels=2, upsample_kernel_sizes=[20, 8, 8], upsample_factors=[10, 4, 4],
+        resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1,
+        output_sampling_rate=16000,
+    )
+    return diffusers.LTX2Pipeline(
+        transformer=transformer, vae=vae, audio_vae=audio_vae,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder,
+        tokenizer=tokenizer, connectors=connectors, vocoder=vocoder,
     )
 
 
@@ -109,6 +217,8 @@ def build_pipeline(kind: str) -> Any:
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
+    if kind == "ltx2":
+        return build_ltx2()
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
     vocab = len(tokenizer)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reelserve.engines.base import Clip, ResolvedInputs, VideoInput
 from reelserve.engines.diffusers.engine import (
     DiffusersEngine,
     generation_frames,
@@ -19,7 +18,8 @@ from reelserve.engines.diffusers.engine import (
 )
 from reelserve.engines.diffusers.profiles import Profile, ProfileSet
 from reelserve.engines.registry import EngineRegistry
-from reelserve.errors import CancelledError
+from reelserve.errors import CANCELLED_CODE, CancelledError
+from reelserve.media.clip import Clip, ResolvedInputs, VideoInput
 from reelserve.settings import Settings
 from reelserve.tasks import FrameImage, FramePosition, GenerationSpec, OutputFormat, Workflow
 
@@ -40,6 +40,9 @@ COMBOS = [
     ("ltx-condition", "i2v"),
     ("ltx-condition", "flf2v"),
     ("ltx-condition", "v2v"),
+    ("ltx2", "t2v"),
+    ("ltx2", "i2v"),
+    ("ltx2", "flf2v"),
 ]
 MODEL = "klingai:kling@o1-standard"
 
@@ -178,9 +181,10 @@ def test_cancel_mid_run_stops_within_one_step(tiny_weights: dict[str, Path], wri
         vae_calls: list[int] = []
         loaded.pipe.vae.register_forward_pre_hook(lambda *a: vae_calls.append(1))
     progress: list[float] = []
-    with pytest.raises(CancelledError):
+    with pytest.raises(CancelledError) as err:
         # cancelled() turns true once the first step reported progress
         engine.generate(_spec("t2v"), ResolvedInputs(), 1, progress.append, lambda: bool(progress))
+    assert err.value.code == CANCELLED_CODE
     assert len(progress) == 1  # exactly one step ran out of 8
     assert len(forward_calls) == 2  # that step's conditional and unconditional passes, no more
     # and the pipeline is usable afterwards (its interrupt flag resets on the next call)

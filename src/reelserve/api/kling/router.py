@@ -19,19 +19,17 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from reelserve.api.auth import LOCAL_OWNER, is_loopback, owner_for_key
+from reelserve.api.dialect import Dialect
 from reelserve.api.kling import schema
-from reelserve.errors import (
-    AuthError,
-    ConflictError,
-    NotFoundError,
-    ReelserveError,
-    ValidationError,
-)
+from reelserve.api.serving import dialect_route
+from reelserve.errors import AuthError, ConflictError, NotFoundError, ValidationError
 from reelserve.tasks import Job, Result
 
 if TYPE_CHECKING:
-    from reelserve.api.app import Services
-    from reelserve.delivery.dispatcher import StatusEvent
+    from collections.abc import Sequence
+
+    from reelserve.api.serving import Serving
+    from reelserve.delivery.dispatcher import StatusEvent, StatusRenderer
 
 MAX_PAGE_SIZE = 500
 MAX_PAGE_NUM = 1000
@@ -46,9 +44,11 @@ def origin_for(kind: str) -> str:
 class KlingService:
     """The blocking half of the dialect (runs in threads)."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.keys = schema.parse_key_pairs(services.settings.kling_keys)
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self.services = serving.services
+        self.keys = schema.parse_key_pairs(
+            [k.get_secret_value() for k in serving.settings.kling_keys])
 
     def owner(self, request: Request) -> str:
         """Verify the bearer JWT; the owner is :func:`owner_for_key` of the access key.
@@ -67,29 +67,21 @@ class KlingService:
         return owner_for_key(schema.verify_jwt(header, self.keys))
 
     def submit(self, kind: str, body: dict[str, Any], owner: str) -> Job:
-        """Map, validate, check the callback and the per-key limits, and create the job
-        (idempotent on ``external_task_id``)."""
-        from reelserve.catalog.validate import validate
-        from reelserve.delivery.dispatcher import check_targets
+        """Map and submit (idempotent on ``external_task_id``).
 
+        ``callback_url`` rides the delivery outbox as the job's status URL (refused at submit
+        when the URL itself is); per-key limits answer 1302 / 1303.
+        """
         data = schema.origin_data(kind, body)
         external = data["external_task_id"]
         task_uuid = schema.external_task_uuid(external) if external else str(uuid.uuid4())
         request = schema.to_request(kind, body, task_uuid=task_uuid)
-        spec = validate(request)
-        if data["callback_url"]:
-            # The callback rides the delivery outbox as the job's status URL; an internal or
-            # malformed URL is refused now (names pointing inside are refused when sent).
-            spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(
-                update={"status_url": data["callback_url"]})})
-            check_targets(spec.delivery, self.services.policy, status_parameter="callback_url")
-        # per-key limits (api/ratelimit.py): 1302 / 1303
-        self.services.limiter.check_submit(owner, parameter=None)
         recorded = {k: v for k, v in body.items() if k not in ("image", "image_tail")}
-        job = Job(id=schema.new_task_id(), task_uuid=task_uuid, owner=owner,
-                  origin=origin_for(kind), origin_data=data, request=recorded, spec=spec)
         try:
-            return self.services.store.create(job)
+            return self.serving.submit(
+                request, owner, origin=origin_for(kind), job_id=schema.new_task_id(),
+                origin_data=data, recorded=recorded, status_url=data["callback_url"],
+                status_parameter="callback_url")
         except ConflictError:
             raise ConflictError(
                 "conflictExternalTaskId", f"external_task_id {external!r} was already used by "
@@ -112,15 +104,11 @@ class KlingService:
     def list(self, kind: str, owner: str, page_num: int, page_size: int) -> list[Job]:
         """One page of the owner's tasks of ``kind``, newest first."""
         return self.services.store.list_jobs(owner, origin=origin_for(kind), limit=page_size,
-                                             offset=(page_num - 1) * page_size)
+                                             offset=(page_num - 1) * page_size)[0]
 
     def video_url(self, job: Job, result: Result) -> str:
         """Signed URL of an output."""
-        ttl = job.spec.ttl or self.services.settings.default_ttl
-        info = self.services.artifacts.info(result.artifact_key)
-        created = info.created_at if info is not None else job.updated_at
-        ext = info.extension if info is not None else ""
-        return self.services.signer.url(result.artifact_key, ext, created + ttl)
+        return self.serving.result_url(job, result)
 
     def render(self, job: Job) -> dict[str, Any]:
         """The task object of ``job``."""
@@ -142,20 +130,13 @@ def _page_arg(request: Request, name: str, default: int, maximum: int) -> int:
     return int(raw)
 
 
-def kling_router(services: Services) -> APIRouter:
+def kling_router(serving: Serving) -> APIRouter:
     """Kling's own routes: create, query (by task_id or external_task_id) and list, per kind."""
-    router = APIRouter(tags=["Kling"])
-    service = KlingService(services)
-    # callback_url bodies (the outbox sends them, from any process)
-    for kind in schema.KINDS:
-        services.dispatcher.register_status_renderer(origin_for(kind), service.render_event)
+    router = APIRouter(tags=["Kling"], route_class=dialect_route(KLING.error_response))
+    service = KlingService(serving)
 
-    def reply(data: Any, request_id: str) -> JSONResponse:
-        return JSONResponse(schema.envelope(data, request_id))
-
-    def fail(exc: ReelserveError, request_id: str) -> JSONResponse:
-        status, body = schema.error_envelope(exc, request_id)
-        return JSONResponse(body, status_code=status)
+    def reply(data: Any) -> JSONResponse:
+        return JSONResponse(schema.envelope(data, str(uuid.uuid4())))
 
     async def read_json(request: Request) -> dict[str, Any]:
         try:
@@ -172,37 +153,22 @@ def kling_router(services: Services) -> APIRouter:
 
         def make(kind: str) -> None:
             async def create(request: Request) -> JSONResponse:
-                request_id = str(uuid.uuid4())
-                try:
-                    owner = service.owner(request)
-                    body = await read_json(request)
-                    job = await run_in_threadpool(service.submit, kind, body, owner)
-                except ReelserveError as exc:
-                    return fail(exc, request_id)
-                return reply(schema.render_submitted(job), request_id)
+                owner = service.owner(request)
+                body = await read_json(request)
+                job = await run_in_threadpool(service.submit, kind, body, owner)
+                return reply(schema.render_submitted(job))
 
             async def query(task_id: str, request: Request) -> JSONResponse:
-                request_id = str(uuid.uuid4())
-                try:
-                    owner = service.owner(request)
-                    job = await run_in_threadpool(service.get, kind, task_id, owner)
-                    data = await run_in_threadpool(service.render, job)
-                except ReelserveError as exc:
-                    return fail(exc, request_id)
-                return reply(data, request_id)
+                owner = service.owner(request)
+                job = await run_in_threadpool(service.get, kind, task_id, owner)
+                return reply(await run_in_threadpool(service.render, job))
 
             async def listing(request: Request) -> JSONResponse:
-                request_id = str(uuid.uuid4())
-                try:
-                    owner = service.owner(request)
-                    page_num = _page_arg(request, "pageNum", 1, MAX_PAGE_NUM)
-                    page_size = _page_arg(request, "pageSize", 30, MAX_PAGE_SIZE)
-                    jobs = await run_in_threadpool(service.list, kind, owner, page_num,
-                                                   page_size)
-                    data = await run_in_threadpool(lambda: [service.render(j) for j in jobs])
-                except ReelserveError as exc:
-                    return fail(exc, request_id)
-                return reply(data, request_id)
+                owner = service.owner(request)
+                page_num = _page_arg(request, "pageNum", 1, MAX_PAGE_NUM)
+                page_size = _page_arg(request, "pageSize", 30, MAX_PAGE_SIZE)
+                jobs = await run_in_threadpool(service.list, kind, owner, page_num, page_size)
+                return reply(await run_in_threadpool(lambda: [service.render(j) for j in jobs]))
 
             router.add_api_route(f"/v1/videos/{kind}", create, methods=["POST"],
                                  name=f"kling_create_{kind}", summary=f"Kling {kind}: create")
@@ -213,3 +179,17 @@ def kling_router(services: Services) -> APIRouter:
 
         make(kind)
     return router
+
+
+def _status(serving: Serving) -> StatusRenderer:
+    # callback_url bodies (the outbox sends them, from any process serving this dialect)
+    return KlingService(serving).render_event
+
+
+def _routers(serving: Serving) -> Sequence[APIRouter]:
+    return [kling_router(serving)]
+
+
+KLING = Dialect(origin=schema.ORIGIN, fields=schema.FIELD_NAMES, envelope=schema.error_envelope,
+                routers=_routers, status=_status)
+"""Kling's own API as a declared dialect (jobs' origins: ``kling.<kind>``)."""

@@ -20,7 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from reelserve.api.fields import FieldTable
 from reelserve.errors import (
+    CANCELLED_CODE,
     AuthError,
     ErrorKind,
     InFlightLimitError,
@@ -291,19 +293,24 @@ _KIND_CODES: dict[ErrorKind, tuple[int, int]] = {
     ErrorKind.UNAVAILABLE: (5001, 503),
     ErrorKind.TIMEOUT: (5002, 504),
     ErrorKind.INTERNAL: (5000, 500),
+    ErrorKind.STORAGE_FULL: (5000, 507),  # Kling has no code of its own for a full disk
 }
 
-# Validator parameter paths (Runware names) -> Kling field names.
-_FIELD_NAMES: tuple[tuple[str, str], ...] = (
-    ("providerSettings.klingai.cameraControl", "camera_control"),
-    ("inputs.frameImages", "image"),
-    ("positivePrompt", "prompt"),
-    ("negativePrompt", "negative_prompt"),
-    ("CFGScale", "cfg_scale"),
-    ("model", "model_name"),
-    ("width", "aspect_ratio"),
-    ("height", "aspect_ratio"),
-)
+CANCELLED = {"code": CANCELLED_CODE, "message": "the task was cancelled"}
+"""The error of a job cancelled before any error was stored."""
+
+FIELD_NAMES = FieldTable({
+    "provider.camera_control": "camera_control",
+    "frame_images": "image",
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "cfg_scale": "cfg_scale",
+    "model": "model_name",
+    "width": "aspect_ratio",
+    "height": "aspect_ratio",
+}, keep_suffix=True)
+"""Neutral field keys -> Kling field names (``provider.camera_control.config.zoom`` reads
+``camera_control.config.zoom``)."""
 
 
 def kling_code(exc: ReelserveError) -> tuple[int, int]:
@@ -321,32 +328,10 @@ def kling_code(exc: ReelserveError) -> tuple[int, int]:
     return _KIND_CODES.get(exc.kind, (5000, 500))
 
 
-def _field(parameter: str) -> tuple[str, str] | None:
-    for prefix, name in _FIELD_NAMES:
-        if parameter == prefix or parameter.startswith(prefix + "."):
-            return prefix, name
-    return None
-
-
-def error_message(exc: ReelserveError) -> str:
-    """The message in Kling field names (``providerSettings.klingai.cameraControl.config.zoom``
-    reads ``camera_control.config.zoom``)."""
-    message = exc.message
-    if exc.parameter:
-        hit = _field(exc.parameter)
-        if hit is not None:
-            prefix, name = hit
-            message = (message.replace(prefix, name) if prefix in message
-                       else f"{name}: {message}")
-        elif exc.parameter not in message:
-            message = f"{exc.parameter}: {message}"
-    return message
-
-
-def error_envelope(exc: ReelserveError, request_id: str) -> tuple[int, dict[str, Any]]:
-    """HTTP status and the Kling envelope of a refusal."""
+def error_envelope(exc: ReelserveError) -> tuple[int, dict[str, Any]]:
+    """HTTP status and the Kling envelope of a refusal (already in Kling field names)."""
     code, status = kling_code(exc)
-    return status, {"code": code, "message": error_message(exc), "request_id": request_id,
+    return status, {"code": code, "message": exc.message, "request_id": str(uuid.uuid4()),
                     "data": None}
 
 
@@ -391,8 +376,9 @@ def render_task(job: Job, links: Links) -> dict[str, Any]:
                 if job.origin.startswith(ORIGIN + ".") else None)
     if external:
         data["task_info"]["external_task_id"] = external
-    if status == FAILED and job.error:
-        data["task_status_msg"] = error_message(ReelserveError.from_dict(job.error))
+    if status == FAILED:
+        error = ReelserveError.from_dict(job.error or CANCELLED)
+        data["task_status_msg"] = FIELD_NAMES.render(error).message
     if job.status is JobStatus.SUCCEEDED:
         data["task_result"] = {
             "videos": [

@@ -18,28 +18,16 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from reelserve.api.auth import authenticate, bearer_token
+from reelserve.api.dialect import Dialect
 from reelserve.api.m2v import schema
-from reelserve.api.media import ensure_cover
-from reelserve.delivery.storage import UPLOADS
+from reelserve.api.serving import dialect_route
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
 from reelserve.tasks import Job, Result
 
 if TYPE_CHECKING:
-    from reelserve.api.app import Services
+    from collections.abc import Sequence
 
-_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
-
-
-def _error(exc: ReelserveError) -> JSONResponse:
-    status, body = schema.error_envelope(exc)
-    return JSONResponse(body, status_code=status)
-
-
-def owner_of(services: Services, request: Request) -> str:
-    """The owner of a request authenticated with the REST API keys (Bearer)."""
-    return authenticate(services.settings, bearer_token(request.headers.get("authorization")),
-                        request.client.host if request.client else None)
+    from reelserve.api.serving import Serving
 
 
 async def read_form(request: Request) -> dict[str, schema.FormValue]:
@@ -90,8 +78,9 @@ async def read_form(request: Request) -> dict[str, schema.FormValue]:
 class M2VService:
     """The blocking half of the dialect (runs in threads)."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self.services = serving.services
 
     def image_bytes(self, value: schema.FormValue, field: str) -> bytes:
         """An uploaded file's bytes, or the bytes behind a URL / data URI (through the netguard)."""
@@ -112,11 +101,8 @@ class M2VService:
         """Check an image against the 302 rules and keep it as an upload; returns its UUID."""
         data = self.image_bytes(value, field)
         content_type, _w, _h = schema.check_image(data, field)
-        media_uuid = str(uuid.uuid4())
-        self.services.artifacts.put_bytes(f"{UPLOADS}/{media_uuid}", data,
-                                          content_type=content_type, owner=owner,
-                                          extension=_EXTENSIONS[content_type])
-        return media_uuid
+        return self.serving.store_upload(data, owner, parameter=field, kinds=("image",),
+                                         formats=(content_type,)).media_uuid
 
     def submit(self, route: schema.PathRoute, form: dict[str, schema.FormValue],
                owner: str) -> Job:
@@ -125,11 +111,9 @@ class M2VService:
         The per-key limits are checked after the form's own checks and before any image is
         fetched or stored, so a refused submit costs no download and leaves no upload behind.
         """
-        from reelserve.catalog.validate import validate
-
         schema.check_form(route, form)
         # per-key limits (api/ratelimit.py): rateLimitExceeded, 429
-        self.services.limiter.check_submit(owner, parameter=None)
+        self.serving.check_limits(owner)
         images: dict[str, str] = {}
         for field in ("input_image", "tail_image"):
             value = form.get(field)
@@ -140,14 +124,12 @@ class M2VService:
         request = schema.to_request(route, form, task_uuid=task_uuid,
                                     input_image=images.get("input_image"),
                                     tail_image=images.get("tail_image"))
-        spec = validate(request)
         recorded = {k: (f"upload:{images[k]}" if k in images else v)
                     for k, v in form.items() if not isinstance(v, schema.ImageUpload)}
         recorded.update({k: f"upload:{v}" for k, v in images.items()})
-        job = Job(id=schema.new_task_id(), task_uuid=task_uuid, owner=owner,
-                  origin=schema.ORIGIN, origin_data={"type": route.name}, request=recorded,
-                  spec=spec)
-        return self.services.store.create(job)
+        return self.serving.submit(request, owner, origin=schema.ORIGIN,
+                                   job_id=schema.new_task_id(), origin_data={"type": route.name},
+                                   recorded=recorded, limits=False)
 
     def get(self, task_id: str, owner: str) -> Job:
         """The owner's job, or ``taskNotFound`` (also for other owners' jobs)."""
@@ -158,22 +140,12 @@ class M2VService:
         return job
 
     def video_url(self, job: Job, result: Result) -> str:
-        """Signed URL of an output, valid ``default_ttl`` (or the job's ttl) from its creation."""
-        ttl = job.spec.ttl or self.services.settings.default_ttl
-        info = self.services.artifacts.info(result.artifact_key)
-        created = info.created_at if info is not None else job.updated_at
-        ext = info.extension if info is not None else ""
-        return self.services.signer.url(result.artifact_key, ext, created + ttl)
+        """Signed URL of an output, valid the job's ttl from its creation."""
+        return self.serving.result_url(job, result)
 
     def cover_url(self, job: Job, result: Result) -> str | None:
         """Signed URL of the cover (first frame as JPEG), made on first request."""
-        key = ensure_cover(self.services, job, result)
-        if key is None:
-            return None
-        ttl = job.spec.ttl or self.services.settings.default_ttl
-        info = self.services.artifacts.info(key)
-        created = info.created_at if info is not None else job.updated_at
-        return self.services.signer.url(key, "jpg", created + ttl)
+        return self.serving.cover_url(job, result)
 
     def render(self, job: Job) -> dict[str, Any]:
         """The 302 ``data`` of a job (may extract covers: blocking)."""
@@ -182,20 +154,17 @@ class M2VService:
         return schema.render_task(job, links)
 
 
-def m2v_router(services: Services) -> APIRouter:
+def m2v_router(serving: Serving) -> APIRouter:
     """The 302-style routes (six submit paths and fetch)."""
-    router = APIRouter(tags=["302-style Kling"])
-    service = M2VService(services)
+    router = APIRouter(tags=["302-style Kling"], route_class=dialect_route(M2V.error_response))
+    service = M2VService(serving)
 
     def make_submit(route: schema.PathRoute) -> Any:
         async def submit(request: Request) -> JSONResponse:
-            try:
-                owner = await run_in_threadpool(owner_of, services, request)
-                form = await read_form(request)
-                job = await run_in_threadpool(service.submit, route, form, owner)
-                data = await run_in_threadpool(service.render, job)
-            except ReelserveError as exc:
-                return _error(exc)
+            owner = await run_in_threadpool(serving.owner, request)
+            form = await read_form(request)
+            job = await run_in_threadpool(service.submit, route, form, owner)
+            data = await run_in_threadpool(service.render, job)
             return JSONResponse(schema.envelope(data))
 
         submit.__name__ = f"submit_{route.name}"
@@ -209,15 +178,20 @@ def m2v_router(services: Services) -> APIRouter:
     @router.get("/klingai/task/{task_id}/fetch", summary="302-style fetch")
     async def fetch(task_id: str, request: Request) -> JSONResponse:
         # ``geo`` (and any other query) is accepted and ignored, as on the 302 page.
-        try:
-            owner = await run_in_threadpool(owner_of, services, request)
-            job = await run_in_threadpool(service.get, task_id, owner)
-            data = await run_in_threadpool(service.render, job)
-        except ReelserveError as exc:
-            return _error(exc)
+        owner = await run_in_threadpool(serving.owner, request)
+        job = await run_in_threadpool(service.get, task_id, owner)
+        data = await run_in_threadpool(service.render, job)
         return JSONResponse(schema.envelope(data))
 
     return router
 
 
-__all__ = ["M2VService", "m2v_router"]
+def _routers(serving: Serving) -> Sequence[APIRouter]:
+    return [m2v_router(serving)]
+
+
+M2V = Dialect(origin=schema.ORIGIN, fields=schema.FIELD_NAMES, envelope=schema.error_envelope,
+              routers=_routers)
+"""The 302-style API as a declared dialect (no webhooks or callbacks: clients poll)."""
+
+__all__ = ["M2V", "M2VService", "m2v_router"]

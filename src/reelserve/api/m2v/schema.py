@@ -20,7 +20,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reelserve.errors import ErrorKind, MediaError, ReelserveError, ValidationError
+from reelserve.api.fields import FieldTable
+from reelserve.errors import (
+    CANCELLED_CODE,
+    ErrorKind,
+    MediaError,
+    ReelserveError,
+    ValidationError,
+)
 from reelserve.tasks import FrameImageInput, Job, JobStatus, Result, TaskRequest
 
 ORIGIN = "m2v"
@@ -333,58 +340,27 @@ def to_request(
 # Errors (the one mapping of ReelserveError onto this dialect)
 # ================================================================================================
 
-# Validator parameter paths (Runware names) -> the 302 form field that carries them.
-_FIELD_NAMES: tuple[tuple[str, str], ...] = (
-    ("providerSettings.klingai.cameraControl.config", "camera_value"),
-    ("providerSettings.klingai.cameraControl.type", "camera_type"),
-    ("providerSettings.klingai.cameraControl", "camera_type"),
-    ("providerSettings.klingai.sound", "enable_audio"),
-    ("inputs.frameImages", "input_image"),
-    ("positivePrompt", "prompt"),
-    ("negativePrompt", "negative_prompt"),
-    ("CFGScale", "cfg"),
-    ("width", "aspect_ratio"),
-    ("height", "aspect_ratio"),
-)
+CANCELLED = {"code": CANCELLED_CODE, "message": "the task was cancelled"}
+"""The error of a job cancelled before any error was stored."""
 
-
-def wire_field(parameter: str | None) -> str | None:
-    """The 302 field name for a validator parameter path (unchanged when there is none)."""
-    if parameter is None:
-        return None
-    for prefix, field in _FIELD_NAMES:
-        if parameter == prefix or parameter.startswith(prefix + "."):
-            return field
-    return parameter
-
-
-def rename_error(exc: ReelserveError) -> ReelserveError:
-    """The same error, its parameter and message spoken in 302 field names."""
-    field = wire_field(exc.parameter)
-    if field is None:
-        return exc
-    if field == exc.parameter:
-        if field in exc.message:
-            return exc
-        return type(exc)(exc.code, f"{field}: {exc.message}", parameter=field,
-                         allowed_values=exc.allowed_values, kind=exc.kind)
-    assert exc.parameter is not None
-    message = exc.message
-    # Replace the longest spelling of the Runware path that occurs in the message.
-    for candidate in sorted({exc.parameter, *(p for p, _ in _FIELD_NAMES)}, key=len, reverse=True):
-        if candidate in message and wire_field(candidate) == field:
-            message = message.replace(candidate, field)
-            break
-    else:
-        message = f"{field}: {message}"
-    renamed = type(exc)(exc.code, message, parameter=field, allowed_values=exc.allowed_values,
-                        kind=exc.kind)
-    return renamed
+FIELD_NAMES = FieldTable({
+    "provider.camera_control.config": "camera_value",
+    "provider.camera_control.type": "camera_type",
+    "provider.camera_control": "camera_type",
+    "provider.sound": "enable_audio",
+    "frame_images": "input_image",
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "cfg_scale": "cfg",
+    "width": "aspect_ratio",
+    "height": "aspect_ratio",
+})
+"""Neutral field keys -> the 302 form field that carries them."""
 
 
 def error_envelope(exc: ReelserveError) -> tuple[int, dict[str, Any]]:
-    """HTTP status and 302 envelope for a refusal: ``result`` 0, the message names the field."""
-    exc = rename_error(exc)
+    """HTTP status and 302 envelope for a refusal (already in 302 field names): ``result`` 0,
+    the message names the field."""
     body: dict[str, Any] = {
         "result": 0,
         "status": exc.http_status,
@@ -435,9 +411,9 @@ def render_task(job: Job, links: Links) -> dict[str, Any]:
         "createTime": _ms(job.created_at),
         "updateTime": _ms(job.updated_at),
     }
-    if status == STATUS_FAILED and job.error:
-        # The stored error speaks Runware parameter names; say them in 302 field names.
-        error = rename_error(ReelserveError.from_dict(job.error))
+    if status == STATUS_FAILED:
+        # The stored error carries neutral field keys; say them in 302 field names.
+        error = FIELD_NAMES.render(ReelserveError.from_dict(job.error or CANCELLED))
         task["message"] = error.message
         task["code"] = error.code
         if error.parameter is not None:

@@ -17,15 +17,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
-from reelserve.api.auth import authenticate, bearer_token
+from reelserve.api.dialect import Dialect
 from reelserve.api.media import ensure_cover
 from reelserve.api.openai import schema
-from reelserve.delivery.storage import UPLOADS, delete_output
+from reelserve.api.serving import dialect_route
+from reelserve.delivery.storage import delete_output
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
+from reelserve.jobs.rows import job_cursor
 from reelserve.tasks import Job, JobStatus
 
 if TYPE_CHECKING:
-    from reelserve.api.app import Services
+    from collections.abc import Sequence
+
+    from reelserve.api.serving import Serving
+    from reelserve.jobs.store import JobStore
 
 MAX_LIMIT = 100
 DELETE_WAIT = 10.0
@@ -44,55 +49,38 @@ class VideoIdConvertor(Convertor[str]):
         return value
 
 
-if "video_id" not in CONVERTOR_TYPES:
-    register_url_convertor("video_id", VideoIdConvertor())
-
-
-def _error(exc: ReelserveError) -> JSONResponse:
-    status, body = schema.error_envelope(exc)
-    return JSONResponse(body, status_code=status)
 
 
 class OpenAIService:
     """The blocking half of the dialect (runs in threads)."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self.services = serving.services
 
     def owner(self, request: Request) -> str:
         """The owner of a request authenticated with the REST API keys (Bearer)."""
-        return authenticate(self.services.settings,
-                            bearer_token(request.headers.get("authorization")),
-                            request.client.host if request.client else None)
+        return self.serving.owner(request)
 
     def store_reference(self, data: bytes, owner: str) -> str:
         """Keep an uploaded ``input_reference`` as an upload; returns its UUID."""
-        from reelserve.media.inputs import sniff
-
-        kind = sniff(data)
-        types = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-        if kind is None or kind[0] != "image" or kind[1].upper() not in types:
+        try:
+            upload = self.serving.store_upload(
+                data, owner, parameter="input_reference", kinds=("image",),
+                formats=("image/png", "image/jpeg", "image/webp"))
+        except ValidationError:
             raise ValidationError("invalidInputReference", "input_reference must be an image "
-                                  "file (JPEG, PNG or WebP)", parameter="input_reference")
-        content_type = types[kind[1].upper()]
-        ext = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[kind[1].upper()]
-        media_uuid = str(uuid.uuid4())
-        self.services.artifacts.put_bytes(f"{UPLOADS}/{media_uuid}", data,
-                                          content_type=content_type, owner=owner,
-                                          extension=ext.lstrip("."))
-        return media_uuid
+                                  "file (JPEG, PNG or WebP)", parameter="input_reference") from None
+        return upload.media_uuid
 
     def submit(self, body: dict[str, Any], reference: str | None, owner: str) -> Job:
-        """Map, validate and create the job."""
-        from reelserve.catalog.validate import validate
-
-        task_uuid = str(uuid.uuid4())
-        request = schema.to_request(body, task_uuid=task_uuid, input_reference=reference)
-        spec = validate(request)
+        """Map and submit (the per-key limits were checked before the body was read)."""
+        request = schema.to_request(body, task_uuid=str(uuid.uuid4()),
+                                    input_reference=reference)
         recorded = {k: v for k, v in body.items() if k != "input_reference"}
-        job = Job(id=schema.new_video_id(), task_uuid=task_uuid, owner=owner,
-                  origin=schema.ORIGIN, request=recorded, spec=spec)
-        return self.services.store.create(job)
+        return self.serving.submit(request, owner, origin=schema.ORIGIN,
+                                   job_id=schema.new_video_id(), recorded=recorded,
+                                   limits=False)
 
     def get(self, video_id: str, owner: str) -> Job:
         """The owner's job (any dialect's), or ``videoNotFound``."""
@@ -102,13 +90,10 @@ class OpenAIService:
                                 "this API key", parameter="video_id")
         return job
 
-    def expires_at(self, job: Job) -> float:
-        """When the outputs' URLs stop working (creation + ttl)."""
-        return job.updated_at + (job.spec.ttl or self.services.settings.default_ttl)
-
     def render(self, job: Job) -> dict[str, Any]:
-        """The video object of ``job``."""
-        return schema.render_video(job, expires_at=self.expires_at(job))
+        """The video object of ``job`` (``expires_at``: the serving layer's one expiry rule,
+        the output's creation + ttl, as every dialect's URLs)."""
+        return schema.render_video(job, expires_at=self.serving.expires_at(job))
 
     def remove(self, job: Job) -> None:
         """Delete the outputs (and covers) of a terminal or abandoned job, then the job."""
@@ -118,11 +103,14 @@ class OpenAIService:
         self.services.store.delete(job.id)
 
 
-def openai_router(services: Services) -> APIRouter:
+def openai_router(serving: Serving) -> APIRouter:
     """OpenAI-style routes: create, list, retrieve, content, delete."""
-    router = APIRouter(tags=["OpenAI-style videos"])
-    service = OpenAIService(services)
-    limiter = services.limiter  # per-key limits: rate_limit_error, 429
+    if "video_id" not in CONVERTOR_TYPES:  # the {id} segment that is not a Kling kind
+        register_url_convertor("video_id", VideoIdConvertor())
+    router = APIRouter(tags=["OpenAI-style videos"],
+                       route_class=dialect_route(OPENAI.error_response))
+    services = serving.services
+    service = OpenAIService(serving)
 
     async def read_create(request: Request, owner: str) -> tuple[dict[str, Any], str | None]:
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -162,91 +150,98 @@ def openai_router(services: Services) -> APIRouter:
 
     @router.post("/v1/videos", summary="Create a video")
     async def create(request: Request) -> JSONResponse:
-        try:
-            owner = await run_in_threadpool(service.owner, request)
-            # Before the body is read: a refused submit stores no input_reference upload.
-            await run_in_threadpool(limiter.check_submit, owner, parameter=None)
-            body, reference = await read_create(request, owner)
-            job = await run_in_threadpool(service.submit, body, reference, owner)
-        except ReelserveError as exc:
-            return _error(exc)
-        return JSONResponse(service.render(job))
+        owner = await run_in_threadpool(service.owner, request)
+        # Before the body is read: a refused submit stores no input_reference upload.
+        await run_in_threadpool(serving.check_limits, owner)
+        body, reference = await read_create(request, owner)
+        job = await run_in_threadpool(service.submit, body, reference, owner)
+        return JSONResponse(await run_in_threadpool(service.render, job))
 
     @router.get("/v1/videos", summary="List videos")
     async def listing(request: Request) -> JSONResponse:
-        try:
-            owner = await run_in_threadpool(service.owner, request)
-            raw = request.query_params.get("limit") or "20"
-            if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-                raise ValidationError("invalidLimit", f"limit must be an integer from 1 to "
-                                      f"{MAX_LIMIT}, got {raw!r:.40}", parameter="limit")
-            order = request.query_params.get("order") or "desc"
-            if order != "desc":
-                raise ValidationError("invalidOrder", f"order {order!r:.20} is not supported; "
-                                      "allowed: desc (newest first)", parameter="order",
-                                      allowed_values=["desc"])
-            limit = int(raw)
-            after = request.query_params.get("after") or None
-            jobs = await run_in_threadpool(
-                lambda: services.store.list_jobs(owner, origin=schema.ORIGIN, limit=limit + 1,
-                                                 after=after))
-        except ReelserveError as exc:
-            return _error(exc)
-        page = [service.render(j) for j in jobs[:limit]]
-        return JSONResponse(schema.render_list(page, has_more=len(jobs) > limit))
+        owner = await run_in_threadpool(service.owner, request)
+        raw = request.query_params.get("limit") or "20"
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise ValidationError("invalidLimit", f"limit must be an integer from 1 to "
+                                  f"{MAX_LIMIT}, got {raw!r:.40}", parameter="limit")
+        order = request.query_params.get("order") or "desc"
+        if order != "desc":
+            raise ValidationError("invalidOrder", f"order {order!r:.20} is not supported; "
+                                  "allowed: desc (newest first)", parameter="order",
+                                  allowed_values=["desc"])
+        limit = int(raw)
+        after = request.query_params.get("after") or None
+        jobs, more = await run_in_threadpool(_videos_after, services.store, owner, limit, after)
+        page = await run_in_threadpool(lambda: [service.render(j) for j in jobs])
+        return JSONResponse(schema.render_list(page, has_more=more))
 
     @router.get("/v1/videos/{video_id:video_id}", summary="Retrieve a video")
     async def retrieve(video_id: str, request: Request) -> JSONResponse:
-        try:
-            owner = await run_in_threadpool(service.owner, request)
-            job = await run_in_threadpool(service.get, video_id, owner)
-        except ReelserveError as exc:
-            return _error(exc)
-        return JSONResponse(service.render(job))
+        owner = await run_in_threadpool(service.owner, request)
+        job = await run_in_threadpool(service.get, video_id, owner)
+        return JSONResponse(await run_in_threadpool(service.render, job))
 
     @router.get("/v1/videos/{video_id:video_id}/content", summary="Download a video")
     async def content(video_id: str, request: Request) -> Response:
         variant = request.query_params.get("variant") or "video"
-        try:
-            owner = await run_in_threadpool(service.owner, request)
-            if variant not in ("video", "thumbnail"):
-                raise ValidationError("invalidVariant", f"variant {variant!r:.30} is not "
-                                      "available; allowed: video, thumbnail",
-                                      parameter="variant", allowed_values=["video", "thumbnail"])
-            job = await run_in_threadpool(service.get, video_id, owner)
-            if job.status is not JobStatus.SUCCEEDED or not job.results:
-                raise ReelserveError(
-                    "videoNotReady", f"video {video_id!r} is {schema.video_status(job)}; content "
-                    "is available once it is completed", parameter="video_id",
-                    kind=ErrorKind.CONFLICT)
-            result = job.results[0]
-            key, media_type = result.artifact_key, result.content_type
-            if variant == "thumbnail":
-                cover = await run_in_threadpool(ensure_cover, services, job, result)
-                if cover is None:
-                    raise NotFoundError("contentNotFound", "no thumbnail is available",
-                                        parameter="variant")
-                key, media_type = cover, "image/jpeg"
-            path = await run_in_threadpool(services.artifacts.local_path, key)
-            if path is None or not path.exists():
-                raise NotFoundError("contentNotFound", f"the content of video {video_id!r} is "
-                                    "no longer stored", parameter="video_id")
-        except ReelserveError as exc:
-            return _error(exc)
+        owner = await run_in_threadpool(service.owner, request)
+        if variant not in ("video", "thumbnail"):
+            raise ValidationError("invalidVariant", f"variant {variant!r:.30} is not "
+                                  "available; allowed: video, thumbnail",
+                                  parameter="variant", allowed_values=["video", "thumbnail"])
+        job = await run_in_threadpool(service.get, video_id, owner)
+        if job.status is not JobStatus.SUCCEEDED or not job.results:
+            raise ReelserveError(
+                "videoNotReady", f"video {video_id!r} is {schema.video_status(job)}; content "
+                "is available once it is completed", parameter="video_id",
+                kind=ErrorKind.CONFLICT)
+        result = job.results[0]
+        key, media_type = result.artifact_key, result.content_type
+        if variant == "thumbnail":
+            cover = await run_in_threadpool(ensure_cover, services, job, result)
+            if cover is None:
+                raise NotFoundError("contentNotFound", "no thumbnail is available",
+                                    parameter="variant")
+            key, media_type = cover, "image/jpeg"
+        path = await run_in_threadpool(services.artifacts.local_path, key)
+        if path is None or not path.exists():
+            raise NotFoundError("contentNotFound", f"the content of video {video_id!r} is "
+                                "no longer stored", parameter="video_id")
         return FileResponse(path, media_type=media_type)
 
     @router.delete("/v1/videos/{video_id:video_id}", summary="Delete a video")
     async def delete(video_id: str, request: Request) -> JSONResponse:
-        try:
-            owner = await run_in_threadpool(service.owner, request)
-            job = await run_in_threadpool(service.get, video_id, owner)
-            if not job.status.is_terminal:
-                # Cancel first so the worker stops and writes no output we would miss.
-                await run_in_threadpool(services.store.request_cancel, job.id)
-                await services.events.wait_terminal(job.id, DELETE_WAIT)
-            await run_in_threadpool(service.remove, job)
-        except ReelserveError as exc:
-            return _error(exc)
+        owner = await run_in_threadpool(service.owner, request)
+        job = await run_in_threadpool(service.get, video_id, owner)
+        if not job.status.is_terminal:
+            # Cancel first so the worker stops and writes no output we would miss.
+            await run_in_threadpool(services.store.request_cancel, job.id)
+            await services.events.wait_terminal(job.id, DELETE_WAIT)
+        await run_in_threadpool(service.remove, job)
         return JSONResponse(schema.render_deleted(video_id))
 
     return router
+
+
+def _videos_after(
+    store: JobStore, owner: str, limit: int, after: str | None
+) -> tuple[list[Job], bool]:
+    """One page of the owner's videos below the video ``after`` (an id, as OpenAI pages) and
+    whether more follow; an id that is not one of the owner's videos lists nothing."""
+    cursor = None
+    if after is not None:
+        job = store.get(after)
+        if job is None or job.owner != owner:
+            return [], False
+        cursor = job_cursor(job)
+    jobs, following = store.list_jobs(owner, origin=schema.ORIGIN, limit=limit, after=cursor)
+    return jobs, following is not None
+
+
+def _routers(serving: Serving) -> Sequence[APIRouter]:
+    return [openai_router(serving)]
+
+
+OPENAI = Dialect(origin=schema.ORIGIN, fields=schema.FIELD_NAMES, envelope=schema.error_envelope,
+                 routers=_routers)
+"""The OpenAI-style Videos API as a declared dialect (clients poll; no webhooks)."""

@@ -17,7 +17,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from reelserve.errors import ErrorKind, ReelserveError, ValidationError
+from reelserve.api.fields import FieldTable
+from reelserve.errors import CANCELLED_CODE, ErrorKind, ReelserveError, ValidationError
 from reelserve.tasks import FrameImageInput, Job, JobStatus, TaskRequest
 
 ORIGIN = "openai"
@@ -133,46 +134,32 @@ _TYPES = {
     ErrorKind.INTERNAL: "server_error",
 }
 
-_FIELD_NAMES: tuple[tuple[str, str], ...] = (
-    ("inputs.frameImages", "input_reference"),
-    ("positivePrompt", "prompt"),
-    ("negativePrompt", "negative_prompt"),
-    ("duration", "seconds"),
-    ("width", "size"),
-    ("height", "size"),
-)
-
-
-def wire_field(parameter: str | None) -> str | None:
-    """The OpenAI-style field for a validator parameter path."""
-    if parameter is None:
-        return None
-    for prefix, name in _FIELD_NAMES:
-        if parameter == prefix or parameter.startswith(prefix + "."):
-            return name
-    return parameter
+FIELD_NAMES = FieldTable({
+    "frame_images": "input_reference",
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "duration": "seconds",
+    "width": "size",
+    "height": "size",
+})
+"""Neutral field keys -> OpenAI-style fields (``missingPositivePrompt`` reads ``missingPrompt``)."""
 
 
 def error_envelope(exc: ReelserveError) -> tuple[int, dict[str, Any]]:
-    """HTTP status and ``{"error": {...}}`` for a refusal."""
-    param = wire_field(exc.parameter)
-    message = exc.message
-    if exc.parameter and param and param != exc.parameter and exc.parameter in message:
-        message = message.replace(exc.parameter, param)
-    if param and param not in message:
-        message = f"{param}: {message}"
-    error: dict[str, Any] = {"message": message, "type": _TYPES.get(exc.kind, "server_error"),
-                             "param": param, "code": exc.code}
+    """HTTP status and ``{"error": {...}}`` for a refusal (already in OpenAI field names)."""
+    error: dict[str, Any] = {"message": exc.message,
+                             "type": _TYPES.get(exc.kind, "server_error"),
+                             "param": exc.parameter, "code": exc.code}
     return exc.http_status, {"error": error}
 
 
 def job_error(job: Job) -> dict[str, Any] | None:
     """The ``error`` of a failed video: ``{code, message}``."""
     if job.status is JobStatus.CANCELLED:
-        return {"code": "cancelled", "message": "the video was cancelled"}
+        return {"code": CANCELLED_CODE, "message": "the video was cancelled"}
     if job.error:
-        return {"code": str(job.error.get("code", "internalError")),
-                "message": str(job.error.get("message", ""))}
+        error = FIELD_NAMES.render(ReelserveError.from_dict(job.error))
+        return {"code": error.code, "message": error.message}
     return None
 
 

@@ -9,20 +9,19 @@ decoding) runs in a thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
 from reelserve.api.runware import render
-from reelserve.delivery.dispatcher import check_targets
+from reelserve.api.runware.schema import check_task_uuid
 from reelserve.delivery.storage import OUTPUTS, UPLOADS
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
 from reelserve.tasks import DeliveryMethod, Job, JobStatus
 
 if TYPE_CHECKING:
-    from reelserve.api.app import Services
+    from reelserve.api.serving import Serving, Upload
 
 @dataclass
 class Reply:
@@ -30,37 +29,34 @@ class Reply:
 
     data: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    push: list[str] = field(default_factory=list)
+    """taskUUIDs of accepted ``deliveryMethod: "sync"`` tasks this reply did not wait for: a
+    transport that pushes results (WebSocket) watches them instead of sending the ACK."""
 
     def extend(self, other: Reply) -> None:
         """Append another reply's items."""
         self.data.extend(other.data)
         self.errors.extend(other.errors)
+        self.push.extend(other.push)
 
 
-def _task_uuid(task: dict[str, Any], required: bool = True) -> str | None:
-    value = task.get("taskUUID")
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError(
-            "missingTaskUUID" if value is None else "invalidTaskUUID",
-            f"taskUUID must be a non-empty string (a UUID v4), got {value!r}",
-            parameter="taskUUID",
-        )
-    return value
+def _task_uuid(task: dict[str, Any]) -> str:
+    return check_task_uuid(task.get("taskUUID"), uuid_required=False)
 
 
 class RunwareHandler:
     """Runs Runware tasks for an owner. One instance per app; safe for concurrent use."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self.services = serving.services
 
     async def handle(self, tasks: list[Any], owner: str, *, wait_sync: bool = True) -> Reply:
         """Run ``tasks`` concurrently and gather their items in task order.
 
-        ``wait_sync``: a ``videoInference`` with ``deliveryMethod: "sync"`` waits for its results
-        (REST). A transport that pushes results itself (WebSocket) passes False and gets the ACK.
+        ``wait_sync``: a ``videoInference`` with ``deliveryMethod: "sync"`` (any case) waits for
+        its results (REST). A transport that pushes results itself (WebSocket) passes False and
+        gets the ACK with the task in :attr:`Reply.push` (unless a webhook delivers it).
         """
         replies = await asyncio.gather(
             *(self.handle_one(task, owner, wait_sync=wait_sync) for task in tasks)
@@ -114,19 +110,17 @@ class RunwareHandler:
 
     async def _video_inference(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
         from reelserve.api.runware.schema import parse_video_inference
-        from reelserve.catalog.validate import validate
 
         request = parse_video_inference(task)
-        spec = validate(request)
-        # webhookURL/uploadEndpoint under the SSRF rules, before storing
-        check_targets(spec.delivery, self.services.policy)
-        # per-key limits (api/ratelimit.py): rateLimitExceeded
-        await run_in_threadpool(self.services.limiter.check_submit, owner)
-        job = Job(id=str(uuid.uuid4()), task_uuid=spec.task_uuid, owner=owner, origin="runware",
-                  request=task, spec=spec)
-        job = await run_in_threadpool(self.services.store.create, job)
-        if spec.delivery.method is DeliveryMethod.SYNC and wait_sync:
-            return await self._wait_and_render(job)
+        job = await run_in_threadpool(
+            lambda: self.serving.submit(request, owner, origin=render.ORIGIN, recorded=task,
+                                        limit_parameter="taskType"))
+        delivery = job.spec.delivery
+        if delivery.method is DeliveryMethod.SYNC:
+            if wait_sync:
+                return await self._wait_and_render(job)
+            if not delivery.webhook_url:
+                return Reply(data=[render.ack_item(job.task_uuid)], push=[job.task_uuid])
         return Reply(data=[render.ack_item(job.task_uuid)])
 
     async def _wait_and_render(self, job: Job) -> Reply:
@@ -145,14 +139,13 @@ class RunwareHandler:
     def _deliver_terminal(self, job: Job, with_status: bool) -> Reply:
         results = self.services.store.take_undelivered(job.id)
         return Reply(
-            data=[render.result_item(job, r, self.services, with_status=with_status)
+            data=[render.result_item(job, r, self.serving, with_status=with_status)
                   for r in results],
             errors=render.job_errors(job),
         )
 
     async def _get_response(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
         task_uuid = _task_uuid(task)
-        assert task_uuid is not None
         job = await run_in_threadpool(self.services.store.get_by_task, owner, task_uuid)
         if job is None:
             raise NotFoundError("taskNotFound", f"no task with taskUUID {task_uuid!r} exists "
@@ -164,21 +157,18 @@ class RunwareHandler:
 
     async def _get_task_details(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
         task_uuid = _task_uuid(task)
-        assert task_uuid is not None
         job = await run_in_threadpool(self.services.store.get_by_task, owner, task_uuid)
         if job is None:
             raise NotFoundError("taskNotFound", f"no task with taskUUID {task_uuid!r} exists "
                                 "for this API key", parameter="taskUUID")
-        response = await run_in_threadpool(render.job_response, job, self.services)
-        from reelserve.delivery.dispatcher import describe
-
+        response = await run_in_threadpool(render.job_response, job, self.serving)
         deliveries = await run_in_threadpool(self.services.store.deliveries, job.id)
         return Reply(data=[{
             "taskType": "getTaskDetails", "taskUUID": task_uuid,
             "status": _STATUS_NAMES[job.status], "progress": int(job.progress),
             "request": job.request, "response": response,
             "createdAt": job.created_at, "updatedAt": job.updated_at,
-            "deliveries": describe(deliveries),
+            "deliveries": render.describe_deliveries(deliveries),
         }])
 
     async def _model_search(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
@@ -203,9 +193,9 @@ class RunwareHandler:
                 "invalidImage", f"image is not a supported image ({found[1] if found else 'unknown'} "
                 "data); allowed: PNG, JPEG, WEBP, GIF", parameter="image",
                 allowed_values=["PNG", "JPEG", "WEBP", "GIF"])
-        media_uuid, url = await run_in_threadpool(self._store_upload, data, found, owner)
+        upload = await run_in_threadpool(self._store_upload, data, "image", owner)
         return Reply(data=[{"taskType": "imageUpload", "taskUUID": task_uuid,
-                            "imageUUID": media_uuid, "imageURL": url}])
+                            "imageUUID": upload.media_uuid, "imageURL": upload.url}])
 
     async def _media_storage(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
         task_uuid = _task_uuid(task)
@@ -218,10 +208,10 @@ class RunwareHandler:
                     "invalidMedia", "media is not a recognised image, video or audio file; "
                     "allowed: PNG, JPEG, WEBP, GIF, MP4, MOV, WEBM, MP3, WAV, M4A, OGG, FLAC",
                     parameter="media")
-            media_uuid, url = await run_in_threadpool(self._store_upload, data, found, owner)
+            upload = await run_in_threadpool(self._store_upload, data, "media", owner)
             return Reply(data=[{"taskType": "mediaStorage", "taskUUID": task_uuid,
-                                "operation": "upload", "mediaUUID": media_uuid,
-                                "mediaURL": url}])
+                                "operation": "upload", "mediaUUID": upload.media_uuid,
+                                "mediaURL": upload.url}])
         if operation == "delete":
             target = task.get("mediaUUID")
             if not isinstance(target, str):
@@ -273,17 +263,9 @@ class RunwareHandler:
 
         return netguard.fetch(url, max_bytes=max_bytes, policy=self.services.policy)
 
-    def _store_upload(
-        self, data: bytes, found: tuple[str, str, str], owner: str
-    ) -> tuple[str, str]:
-        media_uuid = str(uuid.uuid4())
-        _, content_type, ext = found
-        info = self.services.artifacts.put_bytes(f"{UPLOADS}/{media_uuid}", data,
-                                                 content_type=content_type, owner=owner,
-                                                 extension=ext)
-        url = self.services.signer.url(info.key, ext,
-                                       info.created_at + self.services.settings.default_ttl)
-        return media_uuid, url
+    def _store_upload(self, data: bytes, parameter: str, owner: str) -> Upload:
+        kinds = ("image",) if parameter == "image" else ("image", "video", "audio")
+        return self.serving.store_upload(data, owner, parameter=parameter, kinds=kinds)
 
     def _delete_upload(self, media_uuid: str, owner: str) -> bool:
         for prefix in (UPLOADS, OUTPUTS):

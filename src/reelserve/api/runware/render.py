@@ -9,13 +9,17 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING, Any
 
-from reelserve.errors import ReelserveError
+from reelserve.errors import CANCELLED_CODE, ReelserveError
 from reelserve.tasks import Job, JobStatus, OutputType, Result
 
 if TYPE_CHECKING:
-    from reelserve.api.app import Services
+    from reelserve.api.serving import Serving
+    from reelserve.jobs.store import DeliveryRecord
 
+ORIGIN = "runware"
 VIDEO_TASK = "videoInference"
+CANCELLED = {"code": CANCELLED_CODE, "message": "the task was cancelled"}
+"""The error of a job cancelled before any error was stored."""
 
 
 def error_item(
@@ -40,7 +44,7 @@ def processing_item(job: Job) -> dict[str, Any]:
 
 
 def result_item(
-    job: Job, result: Result, services: Services, *, with_status: bool = True
+    job: Job, result: Result, serving: Serving, *, with_status: bool = True
 ) -> dict[str, Any]:
     """One success item. Reads the file for base64/dataURI output: call from a thread."""
     spec = job.spec
@@ -49,13 +53,10 @@ def result_item(
         item["status"] = "success"
     item["videoUUID"] = result.video_uuid
     if spec.output_type is OutputType.URL:
-        ttl = spec.ttl or services.settings.default_ttl
-        info = services.artifacts.info(result.artifact_key)
-        created = info.created_at if info is not None else job.updated_at
-        ext = info.extension if info is not None else ""
-        item["videoURL"] = services.signer.url(result.artifact_key, ext, created + ttl)
+        item["videoURL"] = serving.result_url(job, result)
     else:
-        data = base64.b64encode(services.artifacts.read_bytes(result.artifact_key)).decode()
+        data = base64.b64encode(
+            serving.services.artifacts.read_bytes(result.artifact_key)).decode()
         if spec.output_type is OutputType.BASE64:
             item["videoBase64Data"] = data
         else:
@@ -68,12 +69,12 @@ def result_item(
     return item
 
 
-def webhook_payload(job: Job, result: Result | None, services: Services) -> dict[str, Any]:
+def webhook_payload(job: Job, result: Result | None, serving: Serving) -> dict[str, Any]:
     """The webhook body: ``{"data":[item]}`` for one finished result, or for the job's failure
     (``result`` None) an error item with ``status: "error"``. Reads files: call from a thread."""
     if result is not None:
-        return {"data": [result_item(job, result, services)]}
-    error = job.error or {"code": "taskCancelled", "message": "the task was cancelled"}
+        return {"data": [result_item(job, result, serving)]}
+    error = job.error or CANCELLED
     item = error_item(error, task_type=VIDEO_TASK, task_uuid=job.task_uuid)
     return {"data": [{**item, "status": "error"}]}
 
@@ -81,17 +82,40 @@ def webhook_payload(job: Job, result: Result | None, services: Services) -> dict
 def job_errors(job: Job) -> list[dict[str, Any]]:
     """The job's error as a Runware error list (empty unless it failed or was cancelled)."""
     if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        error = job.error or {"code": "taskCancelled", "message": "the task was cancelled"}
+        error = job.error or CANCELLED
         return [error_item(error, task_type=VIDEO_TASK, task_uuid=job.task_uuid)]
     return []
 
 
-def job_response(job: Job, services: Services) -> dict[str, Any]:
+def job_response(job: Job, serving: Serving) -> dict[str, Any]:
     """The whole response of a job (every result, delivered or not): for getTaskDetails."""
     if not job.status.is_terminal:
         return {"data": [processing_item(job)]}
-    out: dict[str, Any] = {"data": [result_item(job, r, services) for r in job.results]}
+    out: dict[str, Any] = {"data": [result_item(job, r, serving) for r in job.results]}
     errors = job_errors(job)
     if errors:
         out["errors"] = errors
     return out
+
+
+_DELIVERY_TYPES = {"webhook": "webhookURL", "upload": "uploadEndpoint", "status": "statusCallback"}
+_DELIVERY_KEYS = {"result_index": "resultIndex", "next_attempt_at": "nextAttemptAt",
+                  "last_status": "lastStatus", "last_error": "lastError"}
+
+
+def delivery_item(record: dict[str, Any]) -> dict[str, Any]:
+    """A neutral delivery record (:func:`reelserve.delivery.dispatcher.describe`) in Runware's
+    ``getTaskDetails`` spelling: ``type`` names the task field (``webhookURL``), keys camelCase."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "type":
+            value = _DELIVERY_TYPES.get(value, value)
+        out[_DELIVERY_KEYS.get(key, key)] = value
+    return out
+
+
+def describe_deliveries(records: list[DeliveryRecord]) -> list[dict[str, Any]]:
+    """A job's deliveries as ``getTaskDetails`` shows them (neutral records, Runware spelling)."""
+    from reelserve.delivery.dispatcher import describe
+
+    return [delivery_item(d) for d in describe(records)]

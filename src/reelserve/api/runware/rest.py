@@ -19,20 +19,16 @@ from starlette.requests import ClientDisconnect
 
 from reelserve.api.auth import authenticate, bearer_token
 from reelserve.api.runware.handlers import Reply, RunwareHandler
+from reelserve.api.serving import ErrorRenderer, dialect_route
 from reelserve.errors import ErrorKind, ReelserveError, ValidationError
 
 if TYPE_CHECKING:
-    from reelserve.api.app import Services
+    from reelserve.api.serving import Serving
 
 log = logging.getLogger(__name__)
 
 # Bodies up to this are parsed on the event loop; bigger ones in a thread.
 _INLINE_JSON_BYTES = 256 * 1024
-
-
-def _envelope_error(exc: ReelserveError, status: int, task_type: str | None = None) -> JSONResponse:
-    error = {**exc.to_dict(), "taskType": task_type, "taskUUID": None}
-    return JSONResponse({"data": [], "errors": [error]}, status_code=status)
 
 
 async def read_capped_body(request: Request, cap: int) -> bytes:
@@ -63,16 +59,16 @@ async def read_capped_body(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def runware_rest_router(services: Services, handler: RunwareHandler) -> APIRouter:
-    """``POST /v1`` (and ``/v1/``)."""
-    router = APIRouter()
-    settings = services.settings
+def runware_rest_router(
+    serving: Serving, handler: RunwareHandler, render_error: ErrorRenderer
+) -> APIRouter:
+    """``POST /v1`` (and ``/v1/``); a refusal of the whole request is ``render_error``'d."""
+    router = APIRouter(route_class=dialect_route(render_error))
+    settings = serving.settings
 
     async def post_tasks(request: Request) -> JSONResponse:
         try:
             body = await read_capped_body(request, settings.max_body_bytes)
-        except ReelserveError as exc:
-            return _envelope_error(exc, exc.http_status)
         except ClientDisconnect:
             return JSONResponse({"data": [], "errors": []}, status_code=400)
         try:
@@ -81,25 +77,23 @@ def runware_rest_router(services: Services, handler: RunwareHandler) -> APIRoute
             else:
                 tasks = json.loads(body)
         except (ValueError, RecursionError) as exc:
-            return _envelope_error(ValidationError(
-                "invalidJson", f"the request body is not valid JSON: {exc}", parameter="body"), 400)
+            raise ValidationError(
+                "invalidJson", f"the request body is not valid JSON: {exc}",
+                parameter="body") from None
         if not isinstance(tasks, list):
-            return _envelope_error(ValidationError(
+            raise ValidationError(
                 "invalidRequestBody", f"the request body must be a JSON array of task objects, "
-                f"got a JSON {type(tasks).__name__}", parameter="body"), 400)
+                f"got a JSON {type(tasks).__name__}", parameter="body")
         api_key = bearer_token(request.headers.get("authorization"))
         if tasks and isinstance(tasks[0], dict) and tasks[0].get("taskType") == "authentication":
             key = tasks[0].get("apiKey")
             api_key = key if isinstance(key, str) else api_key
             tasks = tasks[1:]
         client = request.client.host if request.client else None
-        try:
-            owner = authenticate(settings, api_key, client)
-        except ReelserveError as exc:
-            return _envelope_error(exc, 401, task_type="authentication")
+        owner = authenticate(settings, api_key, client)
         if not tasks:
-            return _envelope_error(ValidationError(
-                "missingTasks", "the request array holds no tasks", parameter="body"), 400)
+            raise ValidationError("missingTasks", "the request array holds no tasks",
+                                  parameter="body")
         reply: Reply = await handler.handle(tasks, owner)
         payload: dict[str, Any] = {"data": reply.data}
         if reply.errors:

@@ -240,20 +240,35 @@ def _parse_frame_images(items: list[Any], path: str) -> tuple[list[FrameImageInp
     return frames, unsupported
 
 
-def _check_task_uuid(value: str | None) -> str:
+def check_task_uuid(value: Any, *, uuid_required: bool = True) -> str:
+    """The one taskUUID check of the Runware dialect.
+
+    ``videoInference`` needs a UUID (it becomes the job's id on the wire). Tasks that only name
+    a task (``getResponse``, ``getTaskDetails``) or echo the client's id (``imageUpload``,
+    ``mediaStorage``) take any non-empty string (``uuid_required=False``): an id that is not
+    ours is then ``taskNotFound``, as the Runware API answers.
+    """
+    if not uuid_required:
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(
+                "missingTaskUUID" if value is None else "invalidTaskUUID",
+                f"taskUUID must be a non-empty string (a UUID v4), got {value!r}",
+                parameter="taskUUID",
+            )
+        return value
     if value is None:
         raise ValidationError(
             "missingTaskUUID", "taskUUID is required (a UUID v4)", parameter="taskUUID"
         )
     try:
         uuid.UUID(value)
-    except ValueError:
+    except (ValueError, TypeError, AttributeError):
         raise ValidationError(
             "invalidTaskUUID",
             f"taskUUID must be a UUID (v4, e.g. 3f1c...-...), got {_short(value)}",
             parameter="taskUUID",
         ) from None
-    return value
+    return str(value)
 
 
 def parse_video_inference(task: dict[str, Any]) -> TaskRequest:
@@ -281,7 +296,7 @@ def parse_video_inference(task: dict[str, Any]) -> TaskRequest:
             parameter="taskType",
             allowed_values=[TASK_TYPE],
         )
-    task_uuid = _check_task_uuid(wire.taskUUID)
+    task_uuid = check_task_uuid(wire.taskUUID)
 
     unsupported = _extras(wire, "")
     inputs = wire.inputs

@@ -51,8 +51,8 @@ from reelserve.errors import (
 )
 
 if TYPE_CHECKING:
-    from reelserve.api.app import Services
     from reelserve.api.runware.handlers import Reply, RunwareHandler
+    from reelserve.api.serving import Serving
     from reelserve.tasks import Job
 
 log = logging.getLogger(__name__)
@@ -259,12 +259,6 @@ def _task_ids(task: Any) -> tuple[str | None, str | None]:
             task_uuid if isinstance(task_uuid, str) else None)
 
 
-def _is_sync_push(task: Any) -> bool:
-    """A videoInference whose results this transport pushes (no webhook: then the ACK is all)."""
-    return (isinstance(task, dict) and task.get("taskType") == render.VIDEO_TASK
-            and task.get("deliveryMethod") == "sync" and not task.get("webhookURL"))
-
-
 # ================================================================================================
 # The endpoint
 # ================================================================================================
@@ -273,9 +267,10 @@ def _is_sync_push(task: Any) -> bool:
 class RunwareWebSocket:
     """Serves ``/v1`` sockets for one app."""
 
-    def __init__(self, services: Services, handler: RunwareHandler) -> None:
-        self.services = services
-        self.settings = services.settings
+    def __init__(self, serving: Serving, handler: RunwareHandler) -> None:
+        self.serving = serving
+        self.services = serving.services
+        self.settings = serving.settings
         self.handler = handler
         self.sessions = SessionRegistry(self.settings.ws_resume_seconds,
                                         self.settings.ws_send_queue)
@@ -425,9 +420,11 @@ class RunwareWebSocket:
     async def _run_task(self, task: Any, session: Session) -> None:
         try:
             reply = await self.handler.handle_one(task, session.owner, wait_sync=False)
-            if _is_sync_push(task) and reply.data and not reply.errors:
-                # Accepted: no ACK on WS for sync; push progress and results as they exist.
-                await self._watch(task["taskUUID"], session)
+            if reply.push and not reply.errors:
+                # The handler accepted a sync task (it read deliveryMethod, in any case): no ACK
+                # on WS for sync; push progress and results as they exist.
+                for task_uuid in reply.push:
+                    await self._watch(task_uuid, session)
                 return
             session.deliver(await _dumps(_frame(reply)))
         except Exception:  # a bug must not take the socket down: answer with an error item
@@ -484,7 +481,7 @@ class RunwareWebSocket:
     def _take_results(self, job: Job) -> list[dict[str, Any]]:
         """Results not handed out yet, rendered like the REST sync reply (blocking: a thread)."""
         results = self.services.store.take_undelivered(job.id)
-        return [render.result_item(job, r, self.services, with_status=False) for r in results]
+        return [render.result_item(job, r, self.serving, with_status=False) for r in results]
 
 
 class _State:
@@ -494,10 +491,10 @@ class _State:
         self.session: Session | None = None
 
 
-def runware_ws_router(services: Services, handler: RunwareHandler) -> APIRouter:
+def runware_ws_router(serving: Serving, handler: RunwareHandler) -> APIRouter:
     """The WebSocket routes ``/v1`` and ``/v1/`` (a POST route may share the path)."""
     router = APIRouter()
-    endpoint = RunwareWebSocket(services, handler)
+    endpoint = RunwareWebSocket(serving, handler)
 
     async def runware_socket(websocket: WebSocket) -> None:
         await endpoint.serve(websocket)

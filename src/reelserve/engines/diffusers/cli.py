@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, TextIO
 from reelserve.errors import ReelserveError
 
 if TYPE_CHECKING:
-    from reelserve.engines.diffusers.profiles import ProfileSet
-    from reelserve.settings import Settings
+    from collections.abc import Sequence
 
-_SECRET_FIELDS = {"api_keys", "url_secret", "webhook_secret", "database_url"}
+    from reelserve.engines.diffusers.profiles import ProfileSet
+    from reelserve.engines.registry import EngineRegistry
+    from reelserve.settings import Settings
 
 
 def _profiles(settings: Settings, out: TextIO) -> ProfileSet | None:
@@ -32,6 +33,36 @@ def _profiles(settings: Settings, out: TextIO) -> ProfileSet | None:
         )
         return None
     return ProfileSet.load(settings.profiles, check_weights=False)
+
+
+def engines_at_start(settings: Settings, preload: Sequence[str] = ()) -> EngineRegistry | None:
+    """Build the engine registry for ``reelserve serve|worker`` before they start anything.
+
+    Loading the registry validates the profiles file (keys, pipeline kinds, sizes, speed options
+    and the packages they need, weights folders) without importing torch; ``preload`` ids must
+    each have a profile. Returns the registry for the worker to use, or ``None`` when
+    ``settings.engine_selector`` names another selector (the worker builds that one itself; the
+    profiles are still checked here).
+
+    Raises:
+        EngineError: ``invalidProfile``/``modelWeightsNotFound`` naming the file, the entry, the
+            key and what is allowed; ``modelUnavailable`` for a ``--preload`` id without profile.
+    """
+    from reelserve.engines.registry import EngineRegistry
+    from reelserve.errors import EngineError, ErrorKind
+
+    registry = EngineRegistry.from_settings(settings)
+    if preload:
+        served = registry.profiles.models() if registry.profiles is not None else set()
+        unknown = sorted(set(preload) - served)
+        if unknown:
+            where = (f"the profiles file {settings.profiles}" if settings.profiles is not None
+                     else "no profiles file (REELSERVE_PROFILES is unset)")
+            raise EngineError(
+                "modelUnavailable", f"--preload {', '.join(unknown)}: {where} maps "
+                f"{'no such id' if served else 'nothing'}; ids it maps: {sorted(served)}",
+                parameter="preload", allowed_values=sorted(served), kind=ErrorKind.UNAVAILABLE)
+    return None if settings.engine_selector else registry
 
 
 def models_list(settings: Settings, out: TextIO | None = None) -> int:
@@ -151,9 +182,7 @@ def doctor(settings: Settings, out: TextIO | None = None) -> int:
             problems += 1
 
     print("\nsettings:", file=out)
-    for name, value in settings.model_dump().items():
-        if name in _SECRET_FIELDS and value:
-            value = "(set)"
+    for name, value in settings.redacted().items():  # secrets by their type, never in clear
         print(f"  {name} = {value}", file=out)
     print(f"\n{'no problems found' if not problems else f'{problems} problem(s) found'}", file=out)
     return 0 if not problems else 1

@@ -19,6 +19,7 @@ Size and time fitting (documented in docs/diffusers.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,10 +28,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reelserve.engines.base import CancelledFn, Clip, ProgressFn, ResolvedInputs, VideoInput
-from reelserve.engines.diffusers.profiles import Profile, ProfileEntry, ProfileSet
+from reelserve.engines.diffusers.profiles import Profile, ProfileEntry, ProfileSet, ResidentKey
 from reelserve.engines.diffusers.residency import ResidencyCache
-from reelserve.errors import CancelledError, EngineError, ErrorKind, ReelserveError
+from reelserve.errors import (
+    CANCELLED_CODE,
+    CancelledError,
+    EngineError,
+    ErrorKind,
+    ReelserveError,
+)
+from reelserve.media.clip import (
+    AudioSource,
+    CancelledFn,
+    Clip,
+    GeneratedAudio,
+    ProgressFn,
+    ResolvedInputs,
+    VideoInput,
+)
 from reelserve.media.frames import cover_fit, first_frame, iter_video_frames
 from reelserve.tasks import GenerationSpec, Workflow
 
@@ -38,6 +53,7 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
+    from reelserve.engines.diffusers.parallel import RenderGroup
     from reelserve.engines.diffusers.pipelines import CallPlan, LoadedPipeline
     from reelserve.settings import Settings
 
@@ -132,8 +148,11 @@ class DiffusersEngine:
         budget = settings.diffusers_memory_gb
         self._budget_bytes: int | None = int(budget * 1e9) if budget is not None else None
         self._budget_resolved = budget is not None
-        self._cache: ResidencyCache[tuple[str, str, str, str], LoadedPipeline] | None = None
+        self._cache: ResidencyCache[ResidentKey, LoadedPipeline] | None = None
         self._init_lock = threading.Lock()
+        #: The torch.distributed group this engine renders with (set by ``worker/group.py`` in
+        #: each rank's process); ``None`` outside a group, where ``parallel`` is ignored.
+        self.group: RenderGroup | None = None
 
     # -- Engine protocol ------------------------------------------------------------------
 
@@ -201,7 +220,7 @@ class DiffusersEngine:
         return self._device
 
     @property
-    def cache(self) -> ResidencyCache[tuple[str, str, str, str], LoadedPipeline]:
+    def cache(self) -> ResidencyCache[ResidentKey, LoadedPipeline]:
         """The residency cache (built on first use, when the device is known)."""
         with self._init_lock:
             if self._cache is None:
@@ -227,17 +246,150 @@ class DiffusersEngine:
         entry = self.profiles.get(model, workflow)
         if entry is None:
             raise EngineError("modelUnavailable", f"no profile for {model!r}/{workflow}", kind=ErrorKind.UNAVAILABLE)
+        if self._parallel(entry.profile) and self.group is not None and self.group.rank == 0:
+            # Loading a split pipeline builds its device mesh: a collective every rank joins.
+            self.group.announce(("load", entry.model, entry.workflow.value))
         with self._use(entry.profile):
             pass  # entering loads it into the residency cache (or marks it recently used)
 
-    def _use(self, profile: Profile) -> Any:
-        from reelserve.engines.diffusers.pipelines import load_pipeline
+    def preload(self, models: list[str] | set[str] | tuple[str, ...]) -> list[str]:
+        """Load (and, with ``compile``, compile and warm up) every pipeline serving ``models``.
 
+        Returns the entries loaded (``model/workflow``). Entries sharing one pipeline load once.
+
+        Raises:
+            EngineError: ``modelUnavailable`` for an id no profile maps; any load failure.
+        """
+        unknown = sorted(set(models) - self.profiles.models())
+        if unknown:
+            raise EngineError(
+                "modelUnavailable", f"--preload {', '.join(unknown)}: no diffusers profile maps "
+                f"{'it' if len(unknown) == 1 else 'them'}; profiled ids: {sorted(self.profiles.models())}",
+                parameter="preload", allowed_values=sorted(self.profiles.models()),
+                kind=ErrorKind.UNAVAILABLE)
+        done: list[str] = []
+        for entry in self.profiles:
+            if entry.model in models:
+                self.load(entry.model, entry.workflow)
+                done.append(f"{entry.model}/{entry.workflow.value}")
+        return done
+
+    def _use(self, profile: Profile) -> Any:
         return self.cache.use(
             profile.resident_key(),
-            lambda: load_pipeline(profile, self.device),
+            lambda: self._load(profile),
             estimate=_folder_bytes(profile.weights),
         )
+
+    def _parallel(self, profile: Profile) -> bool:
+        """Whether ``profile`` renders split over this engine's group: it asks for ``parallel``
+        and the group has exactly as many ranks as its degrees multiply to."""
+        return (profile.parallel is not None and self.group is not None
+                and self.group.size == profile.parallel.degree)
+
+    def _fit(self, profile: Profile, width: int, height: int, frames: int) -> tuple[int, int]:
+        """The generation size, moved a grid step or two when a split pipeline's token sequence
+        would not divide by the group size (see :func:`~.parallel.fit_tokens`)."""
+        if not self._parallel(profile):
+            return width, height
+        from reelserve.engines.diffusers.parallel import fit_tokens
+
+        assert profile.parallel is not None
+        return fit_tokens(profile.pipeline, width, height, frames, profile.parallel.degree,
+                          profile.rule.side_multiple)
+
+    def serve_peer(self, message: tuple[Any, ...]) -> None:
+        """A rank other than 0 runs what rank 0 announced (see :class:`~.parallel.RenderGroup`):
+        ``("load", model, workflow)`` or ``("render", model, workflow, spec, inputs, seeds)``.
+        The frames it renders are dropped: rank 0 encodes the result."""
+        kind, model, workflow = message[0], message[1], Workflow(message[2])
+        if kind == "load":
+            self.load(model, workflow)
+            return
+        spec, inputs, seeds = message[3:6]
+        entry = self._entry(spec)
+        if (entry.model, entry.workflow) != (model, workflow):  # pragma: no cover - same profiles
+            raise EngineError("engineFailed", f"rank 0 renders {model}/{workflow.value}, this rank "
+                              f"maps it to {entry.label}", kind=ErrorKind.INTERNAL)
+        # A CancelledError here means rank 0 was cancelled and every rank left at the same step.
+        with contextlib.suppress(CancelledError):
+            self._run(entry, spec, inputs, seeds, lambda _fraction: None, lambda: False)
+
+    def adopt(self, profile: Profile, loaded: LoadedPipeline) -> None:
+        """Make an already built pipeline resident for ``profile``, as a load would: its speed
+        options applied and, when compiled, warmed up. For pipelines that exist only in memory
+        (the benchmark builds full-size models from configs with random weights)."""
+        with self.cache.use(profile.resident_key(), lambda: self._prepare(loaded, profile)):
+            pass
+
+    def _load(self, profile: Profile) -> LoadedPipeline:
+        """Build a profile's pipeline, apply its speed options, and warm a compiled one up."""
+        from reelserve.engines.diffusers.pipelines import load_pipeline
+
+        return self._prepare(load_pipeline(profile, self.device), profile)
+
+    def _prepare(self, loaded: LoadedPipeline, profile: Profile) -> LoadedPipeline:
+        from reelserve.engines.diffusers.options import apply_options, lossy_options
+
+        apply_options(loaded, profile)
+        if profile.parallel is not None:
+            if self._parallel(profile):
+                from reelserve.engines.diffusers.parallel import enable_context_parallel
+
+                # After the options: diffusers checks the attention backend it finds set.
+                enable_context_parallel(loaded.pipe, profile.parallel, self.device)
+            else:
+                log.warning("pipeline %s asks for parallel = %s (a group of %d), but this worker "
+                            "is %s: it renders on its one device", profile.pipeline,
+                            profile.parallel.model_dump(), profile.parallel.degree,
+                            "not a group" if self.group is None
+                            else f"a group of {self.group.size}")
+        if profile.camera:
+            from reelserve.engines.diffusers.camera import load_camera_loras
+
+            # After the static LoRAs, which are fused and unloaded (that would drop these too).
+            load_camera_loras(loaded.pipe, profile.camera)
+        lossy = lossy_options(profile)
+        if lossy:
+            log.info("pipeline %s runs with lossy options: %s", profile.pipeline, ", ".join(lossy))
+        if profile.compile.enabled:
+            self._warm_up(loaded, profile)
+        return loaded
+
+    def _warm_up(self, loaded: LoadedPipeline, profile: Profile) -> None:
+        """Two denoising steps at the native size and a 5 s clip's frames: torch.compile traces
+        and compiles here, at load (preload), not in the first user's job."""
+        import time
+
+        import torch
+        from PIL import Image
+
+        from reelserve.engines.diffusers import pipelines
+        from reelserve.engines.diffusers.pipelines import CallPlan
+
+        width, height = self._fit(profile, *profile.native_wh, generation_frames(profile, 5.0))
+        from reelserve.engines.diffusers.profiles import PIPELINE_WORKFLOWS
+
+        can = PIPELINE_WORKFLOWS.get(profile.pipeline, frozenset({Workflow.T2V}))
+        # The transformer sees the same shapes whatever the inputs: warm up without input videos.
+        workflow = next((w for w in (Workflow.T2V, Workflow.I2V, Workflow.FLF2V) if w in can), None)
+        if workflow is None:
+            log.info("no warm-up for %s (it needs input videos); the first job compiles", profile.pipeline)
+            return
+        grey = Image.new("RGB", (width, height), (127, 127, 127))
+        needs_frame = workflow in (Workflow.I2V, Workflow.FLF2V)
+        plan = CallPlan(
+            workflow=workflow, prompt="warm-up", negative_prompt=profile.negative_prompt,
+            width=width, height=height, num_frames=generation_frames(profile, 5.0),
+            fps=profile.native_fps, steps=2, guidance=profile.guidance, guidance_2=profile.guidance_2,
+            generators=[torch.Generator("cpu").manual_seed(0)],
+            first=grey if needs_frame else None,
+            last=grey if workflow is Workflow.FLF2V else None,
+            edit_strength=profile.edit_strength,
+        )
+        start = time.perf_counter()
+        pipelines.run(loaded, plan, lambda pipe, i, t, kwargs: kwargs)
+        log.info("warmed up compiled %s in %.1f s", profile.pipeline, time.perf_counter() - start)
 
     # -- one pipeline call ----------------------------------------------------------------
 
@@ -261,8 +413,8 @@ class DiffusersEngine:
 
         profile = entry.profile
         assert spec.width is not None and spec.height is not None and spec.duration is not None
-        gen_w, gen_h = generation_size(profile, spec.width, spec.height)
         frames = generation_frames(profile, spec.duration)
+        gen_w, gen_h = self._fit(profile, *generation_size(profile, spec.width, spec.height), frames)
 
         def fit(image: Image.Image) -> Image.Image:
             return cover_fit(image, gen_w, gen_h)
@@ -308,18 +460,32 @@ class DiffusersEngine:
         progress: ProgressFn,
         cancelled: CancelledFn,
     ) -> list[Clip]:
+        from reelserve.engines.capabilities import capability
         from reelserve.engines.diffusers import pipelines
 
         if cancelled():
-            raise CancelledError("cancelled", "the job was cancelled before it started")
+            raise CancelledError(CANCELLED_CODE, "the job was cancelled before it started")
+        # The API refuses these at submit from the same data; a job that got past it (queued
+        # before a profile change) is refused here rather than rendered without what it asked.
+        cap = capability(self.settings, spec.model, spec.workflow, profiles=self.profiles)
+        if cap is not None:
+            cap.check(spec)
         plan = self._plan(entry, spec, inputs, seeds)
         steps = plan.steps
+        group = self.group if self._parallel(entry.profile) else None
+        if group is not None and group.rank == 0:
+            # Every rank makes this same call (their collectives meet inside the transformer).
+            group.announce(("render", entry.model, entry.workflow.value, spec, inputs, seeds))
 
         def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             # Editing runs fewer steps than planned (denoise strength): the pipeline knows how many.
             total = getattr(pipe, "_num_timesteps", None) or steps
             progress(_DENOISE_SHARE * min(1.0, (i + 1) / total))
-            if cancelled():
+            stop = cancelled()
+            if group is not None:
+                # All ranks leave at the same step, or the others would wait in a collective.
+                stop = group.agree(stop)
+            if stop:
                 # The documented diffusers way to stop the loop ...
                 pipe._interrupt = True
                 # ... but the pipelines still VAE-decode the half-denoised latents after the loop,
@@ -328,11 +494,27 @@ class DiffusersEngine:
             return kwargs
 
         with self._use(entry.profile) as loaded:
+            if entry.profile.cache is not None:
+                # Cache hooks keep per-call state; a cancelled call may leave some behind.
+                from reelserve.engines.diffusers.options import reset_cache
+
+                reset_cache(loaded.pipe)
             try:
-                frames = pipelines.run(loaded, plan, on_step)
+                if entry.profile.camera:
+                    from reelserve.engines.diffusers.camera import apply_camera
+
+                    # Adapter weights live on the shared transformer: another job on this
+                    # pipeline must not switch them while this one denoises.
+                    with loaded.call_lock:
+                        active = apply_camera(loaded.pipe, entry.profile.camera, spec.camera)
+                        if active is not None:
+                            log.info("camera LoRA %s at weight %.2f", *active)
+                        output = pipelines.run(loaded, plan, on_step)
+                else:
+                    output = pipelines.run(loaded, plan, on_step)
             except _Interrupted:
                 raise CancelledError(
-                    "cancelled", f"the job was cancelled during denoising ({steps} steps planned)"
+                    CANCELLED_CODE, f"the job was cancelled during denoising ({steps} steps planned)"
                 ) from None
             except ReelserveError:
                 raise
@@ -344,10 +526,30 @@ class DiffusersEngine:
                 ) from exc
         progress(1.0)
         assert spec.width is not None and spec.height is not None
-        return [
-            _clip(frames[b], plan.fps, spec.width, spec.height, spec.fps, spec.num_frames)
+        clips = [
+            _clip(output.frames[b], plan.fps, spec.width, spec.height, spec.fps, spec.num_frames)
             for b in range(len(seeds))
         ]
+        if spec.sound and output.audio is not None and output.sample_rate is not None:
+            for b, clip in enumerate(clips):
+                # The encoder trims the model's slightly long audio to the clip, sample-exact.
+                clip.generated_audio = GeneratedAudio(output.audio[b], output.sample_rate)
+        elif spec.keep_original_sound:
+            source = _original_sound(spec, inputs)
+            for clip in clips:
+                clip.audio = source
+        return clips
+
+
+def _original_sound(spec: GenerationSpec, inputs: ResolvedInputs) -> AudioSource | None:
+    """The input audio ``keepOriginalSound`` carries: the edited video's (v2v), else the first
+    reference video with sound (r2v), as the preview engine does."""
+    if spec.workflow is Workflow.V2V and inputs.input_video is not None:
+        return AudioSource(inputs.input_video.path) if inputs.input_video.has_audio else None
+    if spec.workflow is Workflow.R2V:
+        video = next((v for v in inputs.reference_videos if v.has_audio), None)
+        return AudioSource(video.path) if video is not None else None
+    return None
 
 
 def _clip(video: np.ndarray, src_fps: int, width: int, height: int, fps: int, count: int) -> Clip:

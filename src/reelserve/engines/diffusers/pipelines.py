@@ -17,7 +17,12 @@ wan22-i2v       WanImageToVideoPipeline, two experts   first (+ last) frame
 wan22-ti2v      WanPipeline / WanImageToVideoPipeline  prompt, or first frame (expand_timesteps)
 wan-vace        WanVACEPipeline                        references, first/last frames, input video
 ltx-condition   LTXConditionPipeline                   frames at any index, input video
+ltx2            LTX2Pipeline / LTX2ImageToVideoPipeline prompt, first frame, or first + last
+                / LTX2ConditionPipeline                frame; makes audio with the video
 ==============  =====================================  =========================================
+
+``run`` returns a :class:`PipelineOutput`: the frames and, for ``ltx2``, the generated audio as
+float32 ``(batch, channels, samples)`` numpy with its sample rate.
 
 torch and diffusers are imported inside the functions, never at module import.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +58,7 @@ PIPELINE_CLASSES: dict[str, str] = {
     "wan22-ti2v": "WanPipeline",
     "wan-vace": "WanVACEPipeline",
     "ltx-condition": "LTXConditionPipeline",
+    "ltx2": "LTX2Pipeline",
 }
 
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
@@ -59,13 +66,17 @@ StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
 @dataclass
 class LoadedPipeline:
-    """A built pipeline (and, for wan22-ti2v, its image-to-video twin sharing the same modules)."""
+    """A built pipeline and its twins sharing the same modules: for wan22-ti2v and ltx2 an
+    image-to-video front end (``image_pipe``), for ltx2 also a keyframe one (``condition_pipe``)."""
 
     kind: str
     pipe: Any
     device: str
     dtype: Any
     image_pipe: Any = None
+    condition_pipe: Any = None
+    #: Held around a call whose per-request adapter state (camera LoRAs) must not change midway.
+    call_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def modules(self) -> list[Any]:
         """The torch modules of the pipeline (each counted once)."""
@@ -103,6 +114,16 @@ class CallPlan:
     reference_images: list[Image.Image] = field(default_factory=list)
     video: list[Image.Image] | None = None
     edit_strength: float = 0.7
+
+
+@dataclass
+class PipelineOutput:
+    """What one call produced: ``frames`` as ``(batch, frames, H, W, 3)`` floats in 0-1, and for
+    kinds that make sound, ``audio`` as float32 ``(batch, channels, samples)`` at ``sample_rate``."""
+
+    frames: np.ndarray
+    audio: np.ndarray | None = None
+    sample_rate: int | None = None
 
 
 def default_device() -> str:
@@ -181,7 +202,20 @@ def load_pipeline(profile: Profile, device: str) -> LoadedPipeline:
         parts["expand_timesteps"] = True
         loaded.image_pipe = twin(**parts)
         loaded.image_pipe.set_progress_bar_config(disable=True)
+    elif profile.pipeline == "ltx2":
+        # One folder, three front ends over the same modules: text (LTX2Pipeline), first frame
+        # (LTX2ImageToVideoPipeline) and keyframes at any index (LTX2ConditionPipeline).
+        loaded.image_pipe = _twin(diffusers.LTX2ImageToVideoPipeline, pipe)
+        loaded.condition_pipe = _twin(diffusers.LTX2ConditionPipeline, pipe)
     return loaded
+
+
+def _twin(cls: Any, pipe: Any) -> Any:
+    """A second pipeline class over ``pipe``'s modules (nothing is copied or reloaded)."""
+    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    twin = cls(**{k: v for k, v in pipe.components.items() if k in names})
+    twin.set_progress_bar_config(disable=True)
+    return twin
 
 
 def _check_components(profile: Profile, pipe: Any, weights: Path) -> None:
@@ -227,13 +261,14 @@ def release_pipeline(loaded: LoadedPipeline) -> None:
 
     loaded.pipe = None
     loaded.image_pipe = None
+    loaded.condition_pipe = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def run(loaded: LoadedPipeline, plan: CallPlan, on_step: StepCallback) -> np.ndarray:
-    """Call the pipeline for ``plan``; return frames as ``(batch, frames, H, W, 3)`` floats in 0-1."""
+def run(loaded: LoadedPipeline, plan: CallPlan, on_step: StepCallback) -> PipelineOutput:
+    """Call the pipeline for ``plan``; return its frames (and audio, for ``ltx2``)."""
     kind = loaded.kind
     pipe = loaded.pipe
     generator: Any = plan.generators if len(plan.generators) > 1 else plan.generators[0]
@@ -268,6 +303,8 @@ def run(loaded: LoadedPipeline, plan: CallPlan, on_step: StepCallback) -> np.nda
     elif kind == "ltx-condition":
         kwargs = {**common, **_ltx_inputs(plan)}
         kwargs["frame_rate"] = plan.fps
+    elif kind == "ltx2":
+        pipe, kwargs = _ltx2_call(loaded, plan, common)
     else:  # pragma: no cover - profiles only admit the kinds above
         raise EngineError("invalidProfile", f"unknown pipeline kind {kind!r}", kind=ErrorKind.INTERNAL)
     if plan.guidance_2 is not None and pipe.config.get("boundary_ratio") is not None:
@@ -275,7 +312,39 @@ def run(loaded: LoadedPipeline, plan: CallPlan, on_step: StepCallback) -> np.nda
         # its own guidance.
         kwargs["guidance_scale_2"] = plan.guidance_2
     output = pipe(**kwargs)
-    return output.frames
+    if kind != "ltx2":
+        return PipelineOutput(output.frames)
+    # out.audio stays a torch tensor (batch, channels, samples) whatever output_type says, in the
+    # pipeline's dtype (bf16 on GPUs): numpy float32 for the encoder.
+    audio = output.audio.detach().float().cpu().numpy()
+    return PipelineOutput(output.frames, audio, int(pipe.vocoder.config.output_sampling_rate))
+
+
+def _ltx2_call(
+    loaded: LoadedPipeline, plan: CallPlan, common: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The LTX-2 front end and arguments for ``plan``.
+
+    t2v: ``LTX2Pipeline``; i2v: ``LTX2ImageToVideoPipeline`` (its default ``image_crf``
+    re-compresses the first frame as the model was trained on); flf2v: ``LTX2ConditionPipeline``
+    with the first frame at index 0 and the last at the final frame. ``frame_rate`` is the
+    generation rate: LTX-2 conditions its positions and its audio length on it.
+    """
+    kwargs = {**common, "frame_rate": float(plan.fps)}
+    wf = plan.workflow
+    if wf is Workflow.I2V:
+        kwargs["image"] = _need(plan.first, "ltx2", wf, "first frame")
+        return loaded.image_pipe, kwargs
+    if wf is Workflow.FLF2V:
+        from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+        first = _need(plan.first, "ltx2", wf, "first frame")
+        conditions = [LTX2VideoCondition(frames=first, index=0)]
+        if plan.last is not None:
+            conditions.append(LTX2VideoCondition(frames=plan.last, index=plan.num_frames - 1))
+        kwargs["conditions"] = conditions
+        return loaded.condition_pipe, kwargs
+    return loaded.pipe, kwargs
 
 
 def _need(image: Image.Image | None, kind: str, wf: Workflow, what: str) -> Image.Image:

@@ -29,11 +29,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from reelserve.engines.diffusers.options import (
+    CacheOption,
+    CompileOption,
+    LoraOption,
+    check_options,
+    parse_compile,
+)
+from reelserve.engines.diffusers.parallel import ParallelOption, check_parallel
 from reelserve.errors import EngineError, ErrorKind
 from reelserve.tasks import Workflow
 
 PipelineKind = Literal[
-    "wan-t2v", "wan-i2v", "wan-flf2v", "wan22-i2v", "wan22-ti2v", "wan-vace", "ltx-condition"
+    "wan-t2v", "wan-i2v", "wan-flf2v", "wan22-i2v", "wan22-ti2v", "wan-vace", "ltx-condition", "ltx2"
 ]
 
 #: What each pipeline kind can render. A profile mapping a workflow outside this set is refused.
@@ -48,7 +56,38 @@ PIPELINE_WORKFLOWS: dict[str, frozenset[Workflow]] = {
         {Workflow.T2V, Workflow.I2V, Workflow.FLF2V, Workflow.R2V, Workflow.V2V}
     ),
     "ltx-condition": frozenset({Workflow.T2V, Workflow.I2V, Workflow.FLF2V, Workflow.V2V}),
+    # LTX-2 (video with audio): LTX2Pipeline, LTX2ImageToVideoPipeline, LTX2ConditionPipeline.
+    "ltx2": frozenset({Workflow.T2V, Workflow.I2V, Workflow.FLF2V}),
 }
+
+#: Keys of a profile's ``camera`` table: Kling's camera axes by sign, then the presets. The sign
+#: words follow Kling's documented meaning of a positive value (see engines/preview/camera.py): e.g.
+#: ``zoom`` +10 widens the field of view (``zoom_out``), -10 narrows it (``zoom_in``).
+CAMERA_AXIS_KEYS: dict[str, tuple[str, int]] = {
+    "horizontal_right": ("horizontal", 1),
+    "horizontal_left": ("horizontal", -1),
+    "vertical_up": ("vertical", 1),
+    "vertical_down": ("vertical", -1),
+    "pan_up": ("pan", 1),
+    "pan_down": ("pan", -1),
+    "tilt_right": ("tilt", 1),
+    "tilt_left": ("tilt", -1),
+    "roll_clockwise": ("roll", 1),
+    "roll_counterclockwise": ("roll", -1),
+    "zoom_out": ("zoom", 1),
+    "zoom_in": ("zoom", -1),
+}
+CAMERA_PRESET_KEYS: tuple[str, ...] = ("down_back", "forward_up", "right_turn_forward", "left_turn_forward")
+CAMERA_KEYS: tuple[str, ...] = (*CAMERA_AXIS_KEYS, *CAMERA_PRESET_KEYS)
+
+
+def camera_key(axis: str, value: float) -> str:
+    """The ``camera`` table key for a simple move: ``camera_key("zoom", -4)`` is ``zoom_in``."""
+    sign = 1 if value > 0 else -1
+    for key, (name, key_sign) in CAMERA_AXIS_KEYS.items():
+        if name == axis and key_sign == sign:
+            return key
+    raise KeyError(f"unknown camera axis {axis!r}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +108,9 @@ def frame_rule(pipeline: str) -> FrameRule:
 
 
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+
+#: What identifies one loaded pipeline (see :meth:`Profile.resident_key`).
+ResidentKey = tuple[str, ...]
 
 
 class Profile(BaseModel):
@@ -99,15 +141,41 @@ class Profile(BaseModel):
     flow_shift: float | None = Field(default=None, gt=0.0)
     negative_prompt: str | None = None
     batch: int = Field(default=1, ge=1, le=4, description="seeds rendered together in one call")
+    camera: dict[str, str] = Field(
+        default_factory=dict,
+        description="camera LoRAs by move (CAMERA_KEYS): local file/folder or hub id[/file]",
+    )
     edit_strength: float = Field(
         default=0.7, gt=0.0, le=1.0, description="ltx-condition v2v: how much of the input is re-noised"
     )
+    # Speed options (engines/diffusers/options.py; docs/diffusers.md, "Speed options").
+    attention_backend: str | None = None
+    compile: CompileOption = Field(default_factory=lambda: CompileOption(scope="none"))
+    cfg_batch: bool = False
+    cache: CacheOption | None = None
+    quantize: Literal["fp8", "int8"] | None = None
+    loras: tuple[LoraOption, ...] = ()
+    # Several GPUs for one video (engines/diffusers/parallel.py; worker/group.py).
+    parallel: ParallelOption | None = None
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> CompileOption:
+        return parse_compile(value)
 
     @field_validator("native_size")
     @classmethod
     def _size(cls, value: str) -> str:
         if not _SIZE_RE.match(value):
             raise ValueError(f"native_size must look like 832x480, got {value!r}")
+        return value
+
+    @field_validator("camera")
+    @classmethod
+    def _camera(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(CAMERA_KEYS))
+        if unknown:
+            raise ValueError(f"unknown camera move(s) {unknown}; allowed: {list(CAMERA_KEYS)}")
         return value
 
     @property
@@ -131,9 +199,13 @@ class Profile(BaseModel):
         """
         return max(0.0, 1.0 + (self.guidance - 1.0) * (cfg_scale / 0.5))
 
-    def resident_key(self) -> tuple[str, str, str, str]:
-        """What identifies one loaded pipeline: several ids may share the same weights."""
-        return (self.pipeline, str(self.weights), self.dtype, self.offload)
+    def resident_key(self) -> ResidentKey:
+        """What identifies one loaded pipeline: several ids may share the same weights (and the
+        same speed options; different options make a different loaded pipeline)."""
+        options = self.model_dump_json(
+            include={"attention_backend", "compile", "cfg_batch", "cache", "quantize", "loras",
+                     "parallel"})
+        return (self.pipeline, str(self.weights), self.dtype, self.offload, options)
 
 
 @dataclass(frozen=True)
@@ -177,7 +249,7 @@ class ProfileSet:
         """Every model id that has at least one profile."""
         return {model for model, _ in self._entries}
 
-    def models_for(self, resident_key: tuple[str, str, str, str]) -> set[str]:
+    def models_for(self, resident_key: ResidentKey) -> set[str]:
         """Model ids served by the pipeline with this residency key."""
         return {e.model for e in self if e.profile.resident_key() == resident_key}
 
@@ -246,23 +318,79 @@ class ProfileSet:
                 try:
                     profile = Profile.model_validate(body)
                 except ValidationError as exc:
-                    problems = "; ".join(
-                        f"{'.'.join(str(p) for p in err['loc']) or label}: {err['msg']}"
-                        + (f" (got {err['input']!r})" if err["type"] != "missing" else "")
-                        for err in exc.errors()
-                    )
-                    raise _fail("invalidProfile", f"{where}: {label}: {problems}", "profiles") from None
+                    raise _fail("invalidProfile", f"{where}: {label}: {_problems(exc)}", "profiles",
+                                _allowed_keys(exc)) from None
                 workflow = Workflow(wf_name)
-                if not profile.weights.is_absolute():
-                    profile = profile.model_copy(update={"weights": (base_dir / profile.weights)})
+                profile = _resolve_paths(profile, base_dir)
+                if profile.camera:
+                    profile = profile.model_copy(
+                        update={"camera": {k: _lora_source(v, base_dir) for k, v in profile.camera.items()}}
+                    )
                 entry = ProfileEntry(model, workflow, profile)
                 _check_entry(entry, where, check_weights)
                 entries.append(entry)
         return cls(entries, source)
 
 
+def _lora_source(value: str, base_dir: Path) -> str:
+    """A LoRA location as given, or resolved against the profile's folder when it names a local
+    file or folder there (``loras/dolly-in.safetensors``); hub ids (``owner/name``) pass as-is."""
+    local = Path(value).expanduser()
+    if not local.is_absolute():
+        local = base_dir / local
+    return str(local) if local.exists() else value
+
+
+_KEYS_OF: dict[str, type[BaseModel]] = {"": Profile, "compile": CompileOption, "loras": LoraOption,
+                                         "parallel": ParallelOption}
+
+
+def _model_for(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The model whose keys apply at an error location (the profile, or one of its tables)."""
+    head = str(loc[0]) if len(loc) > 1 else ""
+    return _KEYS_OF.get(head, Profile)
+
+
+def _problems(exc: ValidationError) -> str:
+    """Each problem as ``key: what is wrong (got X)``, unknown keys with the keys allowed there."""
+    out: list[str] = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = sorted(_model_for(err["loc"]).model_fields)
+            out.append(f"unknown key {key!r}; allowed keys: {allowed}")
+            continue
+        text = f"{key}: {err['msg']}"
+        if err["type"] != "missing":
+            text += f" (got {err['input']!r})"
+        out.append(text)
+    return "; ".join(out)
+
+
+def _allowed_keys(exc: ValidationError) -> list[str] | None:
+    for err in exc.errors():
+        if err["type"] == "extra_forbidden":
+            return sorted(_model_for(err["loc"]).model_fields)
+    return None
+
+
+def _resolve_paths(profile: Profile, base_dir: Path) -> Profile:
+    """Relative ``weights`` and LoRA paths resolve against the profile file's folder."""
+    update: dict[str, Any] = {}
+    if not profile.weights.is_absolute():
+        update["weights"] = base_dir / profile.weights
+    if any(lora.path is not None and not lora.path.is_absolute() for lora in profile.loras):
+        update["loras"] = tuple(
+            lora.model_copy(update={"path": base_dir / lora.path})
+            if lora.path is not None and not lora.path.is_absolute() else lora
+            for lora in profile.loras)
+    return profile.model_copy(update=update) if update else profile
+
+
 def _check_entry(entry: ProfileEntry, where: str, check_weights: bool) -> None:
     profile = entry.profile
+    check_options(profile, where, entry.label)
+    check_parallel(profile, where, entry.label, check_weights=check_weights)
     can = PIPELINE_WORKFLOWS[profile.pipeline]
     if entry.workflow not in can:
         allowed = sorted(w.value for w in can)
