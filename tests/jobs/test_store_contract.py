@@ -225,3 +225,76 @@ def test_state_survives_reopening(make_store: Callable[..., JobStore], tmp_path:
     reopened = make_store()
     got = reopened.get(job.id)
     assert got is not None and got.status is JobStatus.RUNNING and len(got.results) == 1
+
+
+# ------------------------------------------------- issue 14: restarts, hand-backs, in-flight limit
+
+
+def test_vanished_workers_do_not_use_up_failures(make_store: Callable[..., JobStore]) -> None:
+    # A claim whose worker vanished (lease expired) is a loss, budgeted apart from failures:
+    # after one loss, a failing claim still has a retry left of max_attempts=2.
+    store = make_store(max_attempts=2)
+    job = store.create(make_job())
+    assert store.claim("w1", 0.05) is not None
+    time.sleep(0.1)  # w1 is killed: its lease expires
+    taken = store.claim("w2", 30)
+    assert taken is not None and taken.id == job.id and taken.attempts == 2
+    requeued = store.fail(job.id, "w2", {"code": "internalError", "message": "boom"}, retry=True)
+    assert requeued is not None and requeued.status is JobStatus.QUEUED, requeued
+    assert store.claim("w3", 30) is not None
+    ended = store.fail(job.id, "w3", {"code": "internalError", "message": "boom"}, retry=True)
+    assert ended is not None and ended.status is JobStatus.FAILED  # the 2nd failure ends it
+
+
+def test_release_hands_the_job_back_without_using_an_attempt(
+    make_store: Callable[..., JobStore],
+) -> None:
+    store = make_store(max_attempts=1)
+    job = store.create(make_job())
+    for _ in range(3):  # three graceful restarts of the worker running it
+        claimed = store.claim("w", 30)
+        assert claimed is not None and claimed.id == job.id and claimed.attempts == 1
+        assert store.add_result(job.id, "w", make_result(0))
+        assert store.release(job.id, "w")
+        back = store.get(job.id)
+        assert back is not None and back.status is JobStatus.QUEUED and back.attempts == 0
+        assert len(back.results) == 1  # what was recorded stays
+    assert not store.release(job.id, "w")  # no longer held
+    assert store.claim("w2", 30) is not None
+    assert not store.release(job.id, "w")  # held by another worker
+    assert store.finish(job.id, "w2")
+
+
+def test_in_flight_limit_is_exact_under_concurrent_creates(
+    make_store: Callable[..., JobStore],
+) -> None:
+    from reelserve.errors import InFlightLimitError
+
+    store = make_store()
+    barrier = threading.Barrier(12)
+    accepted: list[bool] = []
+    lock = threading.Lock()
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            store.create(make_job(owner="k"), max_active=5)
+            ok = True
+        except InFlightLimitError:
+            ok = False
+        with lock:
+            accepted.append(ok)
+
+    threads = [threading.Thread(target=create) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(accepted) == [False] * 7 + [True] * 5
+    assert store.count_active("k") == 5
+    # Other owners have their own count; a job that ends frees its place.
+    store.create(make_job(owner="other"), max_active=5)
+    claimed = store.claim("w", 30)
+    assert claimed is not None and claimed.owner == "k"
+    assert store.finish(claimed.id, "w")
+    store.create(make_job(owner="k"), max_active=5)

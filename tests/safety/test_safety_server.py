@@ -31,8 +31,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _serve(tmp_path_factory: pytest.TempPathFactory, name: str,
            env: dict[str, str]) -> Iterator[tuple[ServerProcess, httpx.Client]]:
+    # A generous start timeout: three servers start in this module on a busy test machine.
     server = ServerProcess(tmp_path_factory.mktemp(name),
-                           {"REELSERVE_WORKERS": "1", **env}).start()
+                           {"REELSERVE_WORKERS": "1", **env}).start(timeout=120)
     try:
         with httpx.Client(base_url=server.url, timeout=120.0) as http:
             yield server, http

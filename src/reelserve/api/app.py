@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 
 import reelserve
 from reelserve.api.media import media_router
+from reelserve.api.observability import RequestLogMiddleware, observability_router
+from reelserve.api.openapi import install_openapi
 from reelserve.api.services import JobEvents, Services
 from reelserve.api.serving import Serving
 from reelserve.errors import ReelserveError
@@ -94,6 +96,7 @@ def create_app(
                                       settings.workers, select_engine, preload=preload,
                                       readiness=readiness)
             executor.start()
+            app.state.worker_slots = executor.slots_alive  # /ready and /metrics read it
             # The server's SIGTERM handler calls this first (cli.py): no job starts while
             # the server drains its connections.
             app.state.stop_claiming = executor.stop_claiming
@@ -134,9 +137,10 @@ def create_app(
             "code": "invalidRequest", "message": f"the request is malformed: {exc.errors()!s:.500}",
             "taskType": None, "taskUUID": None}]}, status_code=400)
 
-    @app.get("/health", include_in_schema=False)
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "version": reelserve.__version__}
+    # /health, /ready, /metrics (api/observability.py); slots: this process's worker threads.
+    app.state.worker_slots = lambda: (0, 0)
+    app.include_router(observability_router(services, readiness,
+                                            lambda: app.state.worker_slots()))
 
     serving = Serving(services)
     for dialect in default_dialects() if dialects is None else dialects:
@@ -159,4 +163,8 @@ def create_app(
     app.include_router(playground_router())
     for router in routers:
         app.include_router(router if isinstance(router, APIRouter) else router(services))
+    # /openapi.json from api/openapi.py (every route, bodies, auth); 405s list every method.
+    install_openapi(app)
+    # Added last, so it is the outermost middleware: refusals by the others are logged too.
+    app.add_middleware(RequestLogMiddleware)
     return app

@@ -177,8 +177,8 @@ def check_inputs(*paths: str | None) -> None:
 class ProgressView(Protocol):
     """Shows one task's progress while the command waits for it."""
 
-    def update(self, status: str, progress: int) -> None:
-        """Take the task's current status and percent."""
+    def update(self, status: str, progress: int, position: int | None = None) -> None:
+        """Take the task's current status, percent and (queued) place in the queue."""
 
     def close(self) -> None:
         """Stop drawing (the task ended or the command stops)."""
@@ -192,7 +192,10 @@ def _eta(started: float | None, progress: int) -> float | None:
     return spent * (100 - progress) / progress
 
 
-def _status_text(status: str) -> str:
+def _status_text(status: str, position: int | None = None) -> str:
+    if status == "queued" and position is not None:  # the server's queuePosition
+        return ("queued: next in line" if position == 0 else
+                f"queued: {position} job{'s' if position != 1 else ''} ahead")
     return {"queued": "queued: waiting for a free worker",
             "running": "rendering",
             "cancelling": "cancelling"}.get(status, status)
@@ -206,17 +209,17 @@ class PlainProgress:
         self.err = err
         self.start = time.monotonic()
         self.running_since: float | None = None
-        self.last: tuple[str, int] | None = None
+        self.last: tuple[str, int, int | None] | None = None
 
-    def update(self, status: str, progress: int) -> None:
+    def update(self, status: str, progress: int, position: int | None = None) -> None:
         if status == "running" and self.running_since is None:
             self.running_since = time.monotonic()
         step = progress // 10 * 10
-        if self.last == (status, step):
+        if self.last == (status, step, position):  # a queue move prints a line too
             return
-        self.last = (status, step)
+        self.last = (status, step, position)
         elapsed = time.monotonic() - self.start
-        line = f"task {self.task_uuid}: {_status_text(status)}"
+        line = f"task {self.task_uuid}: {_status_text(status, position)}"
         if status == "running":
             line += f" {progress:3d}%"
             eta = _eta(self.running_since, progress)
@@ -253,9 +256,9 @@ class RichProgress:
         self._short = task_uuid[:8]
         self._progress.start()
 
-    def update(self, status: str, progress: int) -> None:
+    def update(self, status: str, progress: int, position: int | None = None) -> None:
         self._progress.update(self._task, completed=progress,
-                              description=f"{self._short} {_status_text(status)}")
+                              description=f"{self._short} {_status_text(status, position)}")
 
     def close(self) -> None:
         self._progress.stop()
@@ -346,8 +349,10 @@ def wait_task(client: Client, task_uuid: str, expected: int, timeout: float,
             task = client.get_task(task_uuid)
             status = str(task.get("status"))
             progress = int(task.get("progress") or 0)
+            position = task.get("queuePosition")  # queued tasks only (older servers: absent)
             if view is not None:
-                view.update(status, progress)
+                view.update(status, progress,
+                            position if isinstance(position, int) else None)
             if status in TERMINAL:
                 break
             if time.monotonic() >= deadline:

@@ -59,6 +59,7 @@ from reelserve.jobs.rows import (
     cancel_queued,
     check_active,
     claim_preference,
+    claim_routes,
     clamp_progress,
     delivery_from_row,
     duration_bucket,
@@ -81,8 +82,11 @@ from reelserve.jobs.rows import (
     store_stats,
     takes_oldest,
     task_uuid_conflict,
+    worker_from_row,
+    worker_values,
 )
 from reelserve.jobs.store import (
+    WORKER_LIVE,
     DeliveryRecord,
     DurationHistogram,
     Heartbeat,
@@ -91,6 +95,7 @@ from reelserve.jobs.store import (
     Listeners,
     QueueStats,
     StoreStats,
+    WorkerInfo,
 )
 from reelserve.tasks import Job, JobStatus, Result
 
@@ -192,6 +197,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN losses INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4 (as SQLite's 7): split deployments: each job's model id x workflow as its claim key
+    # (route), indexed so a worker's claim seeks the routes it serves; and the workers table,
+    # where each worker publishes what it renders with its presence beats
+    """
+    ALTER TABLE jobs ADD COLUMN route TEXT;
+    UPDATE jobs SET route = model || '/' || (spec::jsonb ->> 'workflow');
+    CREATE INDEX jobs_route_runnable ON jobs (route, status, created_at);
+    CREATE TABLE workers (
+        worker_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        capabilities TEXT NOT NULL,
+        serves TEXT
+    );
+    """,
 ]
 
 CHANNEL = "reelserve_jobs"
@@ -205,6 +227,9 @@ _OWNER_LOCK = 0x72736A62
 
 # The database clock in epoch seconds: the start of the current transaction.
 _NOW = "extract(epoch FROM now())::float8"
+
+# How long a worker's row outlives its last beat (then the next publish removes it).
+_WORKER_KEPT = 3600.0
 
 # A claimable job: queued, or running under a lease that expired (its worker died).
 _RUNNABLE = f"(status = 'queued' OR (status = 'running' AND lease_expires < {_NOW}))"
@@ -446,6 +471,20 @@ class PostgresJobStore(JobStore):
         with self._tx() as conn:
             return _count_active(conn, owner)
 
+    def queue_position(self, job_id: str) -> int | None:
+        with self._tx() as conn:
+            row = conn.execute("SELECT status, created_at FROM jobs WHERE id = %s",
+                               (job_id,)).fetchone()
+            if row is None or row["status"] != JobStatus.QUEUED.value:
+                return None
+            # A range of the jobs_runnable (status, created_at) index; the id breaks ties.
+            ahead = conn.execute(
+                "SELECT count(*) AS n FROM jobs WHERE status = %s AND created_at <= %s "
+                "AND NOT (created_at = %s AND id >= %s)",
+                (JobStatus.QUEUED.value, row["created_at"], row["created_at"], job_id),
+            ).fetchone()
+            return int(ahead["n"]) if ahead else 0
+
     # ------------------------------------------------------------------ writes
 
     def create(self, job: Job, *, max_active: int = 0) -> Job:
@@ -459,8 +498,8 @@ class PostgresJobStore(JobStore):
                                  (_OWNER_LOCK, job.owner))
                 row = conn.execute(
                     "INSERT INTO jobs (id, owner, task_uuid, origin, origin_data, request, spec, "
-                    "model, status, created_at, updated_at) "
-                    f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW}, {_NOW}) "
+                    "model, status, route, created_at, updated_at) "
+                    f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW}, {_NOW}) "
                     f"RETURNING {_JOB}",
                     new_job_values(job),
                 ).fetchone()
@@ -482,12 +521,16 @@ class PostgresJobStore(JobStore):
         *,
         prefer_models: Collection[str] = (),
         prefer_max_wait: float = 30.0,
+        serves: Collection[str] | None = None,
     ) -> Job | None:
         ended: list[str] = []
         claimed: DictRow | None = None
         prefer = claim_preference(prefer_models)
+        routes = claim_routes(serves)
+        if routes == []:
+            return None  # serves nothing
         with self._tx() as conn:
-            while (row := self._next_runnable(conn, prefer, prefer_max_wait)) is not None:
+            while (row := self._next_runnable(conn, prefer, prefer_max_wait, routes)) is not None:
                 outcome = stale_outcome(row, self.max_losses)
                 if outcome is None:
                     break
@@ -521,19 +564,23 @@ class PostgresJobStore(JobStore):
             self._listeners.notify(job_id)
         return _job(claimed) if claimed is not None else None
 
-    def _next_runnable(self, conn: Conn, prefer: list[str], max_wait: float) -> DictRow | None:
+    def _next_runnable(self, conn: Conn, prefer: list[str], max_wait: float,
+                       routes: list[str] | None = None) -> DictRow | None:
         """Lock the job a claim takes next: the oldest runnable one, unless it waited less than
         ``max_wait`` and a job for a ``prefer`` model is runnable, which then goes first.
+        ``routes`` (None: any) limits both to jobs of those route keys.
 
         ``SKIP LOCKED`` passes over rows another claim is deciding on right now, so concurrent
         claims each get a different job without queueing behind one another.
         """
         columns = (f"SELECT id, model, status, attempts, losses, cancel_requested, {_TARGETS}, "
                    f"created_at <= {_NOW} - %s AS waited FROM jobs")
+        runnable = _RUNNABLE if routes is None else f"route = ANY(%s) AND {_RUNNABLE}"
+        route_args: tuple[Any, ...] = () if routes is None else (routes,)
         oldest: DictRow | None = conn.execute(
-            f"{columns} WHERE {_RUNNABLE} ORDER BY created_at LIMIT 1 "
+            f"{columns} WHERE {runnable} ORDER BY created_at LIMIT 1 "
             "FOR UPDATE SKIP LOCKED",
-            (max_wait,),
+            (max_wait, *route_args),
         ).fetchone()
         if oldest is None or takes_oldest(oldest, prefer, oldest["waited"]):
             return oldest
@@ -541,10 +588,42 @@ class PostgresJobStore(JobStore):
         # the model ever had; the runnable condition then keeps running jobs with expired leases.
         preferred: DictRow | None = conn.execute(
             f"{columns} WHERE model = ANY(%s) AND status IN ('queued', 'running') "
-            f"AND {_RUNNABLE} ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-            (max_wait, prefer),
+            f"AND {runnable} ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+            (max_wait, prefer, *route_args),
         ).fetchone()
         return preferred if preferred is not None else oldest
+
+    # ------------------------------------------------------------------ workers
+
+    def publish_worker(self, info: WorkerInfo) -> None:
+        with self._tx() as conn:
+            conn.execute(f"DELETE FROM workers WHERE last_seen < {_NOW} - %s", (_WORKER_KEPT,))
+            conn.execute(
+                "INSERT INTO workers (worker_id, host, pid, started_at, capabilities, serves, "
+                f"last_seen) VALUES (%s, %s, %s, %s, %s, %s, {_NOW}) "
+                "ON CONFLICT (worker_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, "
+                "started_at = EXCLUDED.started_at, capabilities = EXCLUDED.capabilities, "
+                "serves = EXCLUDED.serves, last_seen = EXCLUDED.last_seen",
+                worker_values(info),
+            )
+
+    def touch_worker(self, worker_id: str) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(f"UPDATE workers SET last_seen = {_NOW} WHERE worker_id = %s",
+                               (worker_id,))
+            return cur.rowcount > 0
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM workers WHERE worker_id = %s", (worker_id,))
+
+    def live_workers(self, max_age: float = WORKER_LIVE) -> list[WorkerInfo]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM workers WHERE last_seen >= {_NOW} - %s ORDER BY worker_id",
+                (max_age,),
+            ).fetchall()
+        return [worker_from_row(row) for row in rows]
 
     def _owns(self, conn: Conn, job_id: str, worker_id: str) -> DictRow | None:
         """The job's row (with its delivery targets), locked for this transaction, when

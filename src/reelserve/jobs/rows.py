@@ -28,6 +28,8 @@ from reelserve.jobs.store import (
     DurationHistogram,
     QueueStats,
     StoreStats,
+    WorkerInfo,
+    route_key,
 )
 from reelserve.tasks import GenerationSpec, Job, JobStatus, Result
 
@@ -109,7 +111,8 @@ def delivery_from_row(row: Row) -> DeliveryRecord:
 
 def new_job_values(job: Job) -> tuple[Any, ...]:
     """A new job's ``id, owner, task_uuid, origin, origin_data, request, spec, model, status``
-    (queued), in that order, as the INSERT stores them."""
+    (queued) and ``route`` (the claim key, :func:`~reelserve.jobs.store.route_key`), in that
+    order, as the INSERT stores them."""
     return (
         job.id,
         job.owner,
@@ -120,7 +123,34 @@ def new_job_values(job: Job) -> tuple[Any, ...]:
         job.spec.model_dump_json(),
         job.spec.model,
         JobStatus.QUEUED.value,
+        route_key(job.spec.model, job.spec.workflow.value),
     )
+
+
+def worker_from_row(row: Row) -> WorkerInfo:
+    """The :class:`~reelserve.jobs.store.WorkerInfo` of a ``workers`` row."""
+    serves = row["serves"]
+    return WorkerInfo(
+        worker_id=row["worker_id"],
+        host=row["host"],
+        pid=int(row["pid"]),
+        started_at=float(row["started_at"]),
+        last_seen=float(row["last_seen"]),
+        capabilities=tuple(json.loads(row["capabilities"])),
+        serves=None if serves is None else tuple(json.loads(serves)),
+    )
+
+
+def worker_values(info: WorkerInfo) -> tuple[Any, ...]:
+    """``worker_id, host, pid, started_at, capabilities, serves`` of a ``workers`` upsert."""
+    return (info.worker_id, info.host, info.pid, info.started_at,
+            json.dumps(list(info.capabilities), separators=(",", ":")),
+            None if info.serves is None else json.dumps(sorted(info.serves)))
+
+
+def claim_routes(serves: Collection[str] | None) -> list[str] | None:
+    """The route keys a claim is limited to (None: any job), deduplicated and sorted."""
+    return None if serves is None else sorted(set(serves))
 
 
 def error_json(error: dict[str, Any] | None) -> str | None:
@@ -451,8 +481,10 @@ def duration_bucket(seconds: float) -> int:
 
 
 def result_durations(result: Result) -> list[tuple[str, float]]:
-    """The durations a new result reports: its ``render`` and ``encode`` seconds, when known."""
-    timed = (("render", result.render_seconds), ("encode", result.encode_seconds))
+    """The durations a new result reports: its ``render``, ``encode`` and ``safety`` (content
+    check) seconds, when known."""
+    timed = (("render", result.render_seconds), ("encode", result.encode_seconds),
+             ("safety", result.safety_seconds))
     return [(name, seconds) for name, seconds in timed if seconds is not None]
 
 

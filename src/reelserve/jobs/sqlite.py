@@ -33,6 +33,7 @@ from reelserve.jobs.rows import (
     cancel_queued,
     check_active,
     claim_preference,
+    claim_routes,
     clamp_progress,
     delivery_from_row,
     duration_bucket,
@@ -55,8 +56,11 @@ from reelserve.jobs.rows import (
     store_stats,
     takes_oldest,
     task_uuid_conflict,
+    worker_from_row,
+    worker_values,
 )
 from reelserve.jobs.store import (
+    WORKER_LIVE,
     DeliveryRecord,
     DurationHistogram,
     Heartbeat,
@@ -65,6 +69,7 @@ from reelserve.jobs.store import (
     Listeners,
     QueueStats,
     StoreStats,
+    WorkerInfo,
 )
 from reelserve.tasks import Job, JobStatus, Result
 
@@ -171,7 +176,27 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN losses INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: split deployments: each job's model id x workflow as its claim key (route), indexed so
+    # a worker's claim seeks the routes it serves; and the workers table, where each worker
+    # publishes what it renders with its presence beats (the API decides submits from it)
+    """
+    ALTER TABLE jobs ADD COLUMN route TEXT;
+    UPDATE jobs SET route = model || '/' || json_extract(spec, '$.workflow');
+    CREATE INDEX jobs_route_runnable ON jobs (route, status, created_at);
+    CREATE TABLE workers (
+        worker_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        capabilities TEXT NOT NULL,
+        serves TEXT
+    );
+    """,
 ]
+
+# How long a worker's row outlives its last beat (then the next publish removes it).
+_WORKER_KEPT = 3600.0
 
 # A claimable job: queued, or running under a lease that expired (its worker died).
 _RUNNABLE = "(status = ? OR (status = ? AND lease_expires < ?))"
@@ -371,6 +396,20 @@ class SQLiteJobStore(JobStore):
     def count_active(self, owner: str) -> int:
         return self._count_active(self._conn(), owner)
 
+    def queue_position(self, job_id: str) -> int | None:
+        conn = self._conn()
+        row = conn.execute("SELECT status, created_at FROM jobs WHERE id = ?",
+                           (job_id,)).fetchone()
+        if row is None or row[0] != JobStatus.QUEUED.value:
+            return None
+        # A range of the jobs_runnable (status, created_at) index; the id breaks ties.
+        ahead = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = ? AND created_at <= ? "
+            "AND NOT (created_at = ? AND id >= ?)",
+            (JobStatus.QUEUED.value, row[1], row[1], job_id),
+        ).fetchone()
+        return int(ahead[0])
+
     @staticmethod
     def _count_active(conn: sqlite3.Connection, owner: str) -> int:
         row = conn.execute(
@@ -387,8 +426,8 @@ class SQLiteJobStore(JobStore):
             with self._write() as conn:
                 conn.execute(
                     "INSERT INTO jobs (id, owner, task_uuid, origin, origin_data, request, spec, "
-                    "model, status, progress, attempts, cancel_requested, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?)",
+                    "model, status, route, progress, attempts, cancel_requested, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?)",
                     (*new_job_values(job), now, now),
                 )
                 if max_active:
@@ -412,12 +451,17 @@ class SQLiteJobStore(JobStore):
         *,
         prefer_models: Collection[str] = (),
         prefer_max_wait: float = 30.0,
+        serves: Collection[str] | None = None,
     ) -> Job | None:
         ended: list[str] = []
         prefer = claim_preference(prefer_models)
+        routes = claim_routes(serves)
+        if routes == []:
+            return None  # serves nothing
         with self._write() as conn:
             now = time.time()
-            while (row := self._next_runnable(conn, now, prefer, now - prefer_max_wait)) is not None:
+            while (row := self._next_runnable(conn, now, prefer, now - prefer_max_wait,
+                                              routes)) is not None:
                 outcome = stale_outcome(row, self.max_losses)
                 if outcome is None:
                     break
@@ -451,15 +495,21 @@ class SQLiteJobStore(JobStore):
         return self.get(row["id"])
 
     def _next_runnable(
-        self, conn: sqlite3.Connection, now: float, prefer: list[str], cutoff: float
+        self, conn: sqlite3.Connection, now: float, prefer: list[str], cutoff: float,
+        routes: list[str] | None = None,
     ) -> sqlite3.Row | None:
         """The job a claim takes next: the oldest runnable one, unless it is younger than
-        ``cutoff`` and a job for a ``prefer`` model is runnable, which then goes first."""
+        ``cutoff`` and a job for a ``prefer`` model is runnable, which then goes first.
+        ``routes`` (None: any) limits both to jobs of those route keys."""
         columns = ("SELECT id, model, status, attempts, losses, cancel_requested, created_at, "
                    f"{_TARGETS} FROM jobs")
-        args = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, now)
+        args: tuple[Any, ...] = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, now)
+        runnable = _RUNNABLE
+        if routes is not None:
+            runnable = f"route IN ({', '.join('?' * len(routes))}) AND {_RUNNABLE}"
+            args = (*routes, *args)
         oldest: sqlite3.Row | None = conn.execute(
-            f"{columns} WHERE {_RUNNABLE} ORDER BY created_at LIMIT 1", args
+            f"{columns} WHERE {runnable} ORDER BY created_at LIMIT 1", args
         ).fetchone()
         if oldest is None or takes_oldest(oldest, prefer, oldest["created_at"] <= cutoff):
             return oldest
@@ -467,11 +517,40 @@ class SQLiteJobStore(JobStore):
         # "status IN" lets the index seek (model, status) pairs instead of scanning every job
         # the model ever had; the second condition then keeps running jobs with expired leases.
         preferred: sqlite3.Row | None = conn.execute(
-            f"{columns} WHERE model IN ({marks}) AND status IN (?, ?) AND {_RUNNABLE} "
+            f"{columns} WHERE model IN ({marks}) AND status IN (?, ?) AND {runnable} "
             "ORDER BY created_at LIMIT 1",
             (*prefer, JobStatus.QUEUED.value, JobStatus.RUNNING.value, *args),
         ).fetchone()
         return preferred if preferred is not None else oldest
+
+    # ------------------------------------------------------------------ workers
+
+    def publish_worker(self, info: WorkerInfo) -> None:
+        with self._write() as conn:
+            now = time.time()
+            conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - _WORKER_KEPT,))
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (worker_id, host, pid, started_at, capabilities, "
+                "serves, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*worker_values(info), now),
+            )
+
+    def touch_worker(self, worker_id: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("UPDATE workers SET last_seen = ? WHERE worker_id = ?",
+                               (time.time(), worker_id))
+            return cur.rowcount > 0
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    def live_workers(self, max_age: float = WORKER_LIVE) -> list[WorkerInfo]:
+        rows = self._conn().execute(
+            "SELECT * FROM workers WHERE last_seen >= ? ORDER BY worker_id",
+            (time.time() - max_age,),
+        ).fetchall()
+        return [worker_from_row(row) for row in rows]
 
     def _owns(self, conn: sqlite3.Connection, job_id: str, worker_id: str) -> sqlite3.Row | None:
         """The job's row when ``worker_id`` holds its lease (with its delivery targets)."""

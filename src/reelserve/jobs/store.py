@@ -100,6 +100,39 @@ class DeliveryRecord:
     event: str | None = None
 
 
+def route_key(model: str, workflow: str) -> str:
+    """The claim key of a model id x workflow (``klingai:1@1/t2v``): what a worker serves and
+    what a job needs (AIR ids hold no ``/``)."""
+    return f"{model}/{workflow}"
+
+
+WORKER_BEAT = 5.0
+"""Seconds between a worker's presence beats (its ``workers`` row's ``last_seen``)."""
+
+WORKER_LIVE = 20.0
+"""A worker whose last beat is older than this is not live any more (it died or stopped)."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker slot as it publishes itself in the ``workers`` table with its beats.
+
+    ``capabilities`` is :func:`reelserve.engines.capabilities.capabilities` of the worker's
+    settings (one JSON object per model id x workflow it renders); ``serves`` is None when it
+    claims any job (it renders every catalog route, or could not tell), else the route keys
+    (:func:`route_key`) its claims are limited to. ``started_at`` and ``last_seen`` are the
+    store's clock.
+    """
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: float
+    last_seen: float
+    capabilities: tuple[dict[str, Any], ...] = ()
+    serves: tuple[str, ...] | None = None
+
+
 DURATIONS: dict[str, str] = {
     "queue_wait": "from a job's creation to its first claim by a worker",
     "run": "from a job's first claim to its success (render, encode and store of every result)",
@@ -107,6 +140,7 @@ DURATIONS: dict[str, str] = {
     "encode": "encode time of one result (frames to the container file; an engine that renders "
               "lazily, as the encoder pulls frames, spends its render time here)",
     "delivery": "from a webhook/upload/status delivery being due to its receiver's 2xx",
+    "safety": "content-check time of one result (safety.checkContent: its frames classified)",
 }
 """The durations :meth:`JobStore.durations` measures, with what each one spans."""
 
@@ -252,8 +286,13 @@ class JobStore(Protocol):
         *,
         prefer_models: Collection[str] = (),
         prefer_max_wait: float = 30.0,
+        serves: Collection[str] | None = None,
     ) -> Job | None:
         """Take a runnable job (queued, or running with an expired lease), oldest first.
+
+        ``serves`` (None: any job) limits the claim to jobs whose model id x workflow
+        (:func:`route_key`) is in it: a worker takes only what its engines render, so workers
+        with different profiles can share one store.
 
         Increments ``attempts`` and sets status running. Taking over a job whose lease expired
         (its worker vanished) also counts a *loss*; a job that lost its worker ``max_losses``
@@ -359,6 +398,36 @@ class JobStore(Protocol):
 
     def count_active(self, owner: str) -> int:
         """Number of the owner's queued or running jobs (per-key in-flight limit)."""
+        ...
+
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs (of every owner) were created before the queued job ``job_id``
+        (``created_at``, then ``id``): 0 means next in line. None when the job is not queued.
+
+        A count over the ``(status, created_at)`` index range, so it stays cheap at any queue
+        length. Workers prefer jobs for models they have loaded, so it is the FIFO position,
+        an estimate of the wait, not a promise.
+        """
+        ...
+
+    # Workers: each worker slot publishes itself (and what it renders) with its presence beats,
+    # so an API process without engines knows what the deployment can serve.
+
+    def publish_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace ``info``'s row (``last_seen``: now, by the store's clock); rows
+        not seen for an hour are removed on the way, so the table stays small."""
+        ...
+
+    def touch_worker(self, worker_id: str) -> bool:
+        """Set the worker's ``last_seen`` to now; False when it has no row (publish again)."""
+        ...
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Remove the worker's row (a worker that stops)."""
+        ...
+
+    def live_workers(self, max_age: float = WORKER_LIVE) -> list[WorkerInfo]:
+        """The workers seen within the last ``max_age`` seconds, by worker id."""
         ...
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:

@@ -171,6 +171,11 @@ class ThreadExecutor:
         Worker(self.settings, self.store, self.artifacts, selector,
                worker_id=self._worker_id(slot), hand_back=self._hand_back).run(self._stop)
 
+    def slots_alive(self) -> tuple[int, int]:
+        """``(started, alive)`` slot threads (``/ready``: a slot that died takes no jobs)."""
+        started = [t for t in list(self._threads) if t.name != "reelserve-worker-prepare"]
+        return len(started), sum(1 for t in started if t.is_alive())
+
     def stop_claiming(self) -> None:
         """Claim no more jobs (running ones go on): the first thing a stopping process does,
         from its signal handler, so no job is started that the process could not finish."""

@@ -22,10 +22,18 @@ when it clears, not once per try.
 Claim order: a selector that knows which models are loaded (:class:`PreferringSelector`, like the
 engine registry) makes the worker claim jobs for those models first, within the store's bound on
 how long another model's job may be passed over (``settings.prefer_max_wait``).
+
+Presence: a running worker publishes itself into the store's ``workers`` table (id, host, pid,
+start, and what its settings render: :func:`reelserve.engines.capabilities.capabilities`) and
+beats every :data:`~reelserve.jobs.store.WORKER_BEAT` seconds from a small thread, so an API
+process without engines decides submits from the live workers. A worker whose settings render
+only some model id x workflow routes claims only jobs of those routes (``serves``); one that
+renders every catalog route (the preview fallback on) claims any job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -46,7 +54,8 @@ from reelserve.errors import (
     ErrorKind,
     ReelserveError,
 )
-from reelserve.tasks import GenerationSpec, Job, JobStatus, Result
+from reelserve.jobs.store import WORKER_BEAT, WorkerInfo, route_key
+from reelserve.tasks import GenerationSpec, Job, JobStatus, Result, Workflow
 
 if TYPE_CHECKING:
     from reelserve.engines.base import Engine
@@ -72,6 +81,38 @@ class PreferringSelector(Protocol):
     def __call__(self, spec: GenerationSpec) -> Engine:
         """The engine that renders ``spec``."""
         ...
+
+    def _start_presence(self) -> threading.Event:
+        """Publish this worker (what it renders) and start its presence beats; set the returned
+        event to stop them. A store that refuses the first publish is retried by the beats."""
+        capabilities, self.serves = served_routes(self.settings)
+        info = WorkerInfo(worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
+                          started_at=time.time(), last_seen=time.time(),
+                          capabilities=tuple(capabilities), serves=self.serves)
+        published = True
+        try:
+            self.store.publish_worker(info)
+        except Exception as exc:  # the beats publish it once the store answers
+            log.warning("worker %s: could not publish itself: %s", self.worker_id,
+                        _describe(exc))
+            published = False
+        stop = threading.Event()
+        threading.Thread(target=self._beat, args=(stop, info, published),
+                         name=f"presence-{self.worker_id[-8:]}", daemon=True).start()
+        return stop
+
+    def _beat(self, stop: threading.Event, info: WorkerInfo, published: bool) -> None:
+        trouble = Trouble(f"worker {self.worker_id} presence", first=WORKER_BEAT)
+        while not stop.wait(trouble.delay or WORKER_BEAT):
+            try:
+                # A row removed meanwhile (an operator's cleanup) is published again.
+                if not published or not self.store.touch_worker(self.worker_id):
+                    self.store.publish_worker(info)
+                    published = True
+            except Exception as exc:
+                trouble.hit(exc)
+                continue
+            trouble.clear()
 
     def preferred_models(self) -> Collection[str]:
         """Model ids whose jobs this process renders cheapest now (weights resident)."""
@@ -188,6 +229,31 @@ def default_engine_selector(settings: Settings) -> EngineSelector:
     return EngineRegistry.from_settings(settings)
 
 
+def served_routes(settings: Settings) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]:
+    """What a worker with ``settings`` publishes and the routes it claims.
+
+    Returns its capabilities (:func:`reelserve.engines.capabilities.capabilities`, JSON-ready)
+    and the route keys (:func:`reelserve.jobs.store.route_key`) it limits its claims to, or
+    None when it renders every catalog route (no need to filter) or its profiles cannot be
+    read: such a worker claims any job, and one that cannot render fails it with the cause
+    instead of leaving it queued.
+    """
+    from reelserve.catalog import get_catalog
+
+    try:
+        from reelserve.engines.capabilities import capabilities
+
+        published = capabilities(settings)
+    except Exception as exc:
+        log.warning("cannot tell what this worker renders (%s); it claims any job",
+                    _describe(exc))
+        return [], None
+    routes = {route_key(c["model"], c["workflow"]) for c in published}
+    every = {route_key(air, Workflow(wf).value)
+             for air, entry in get_catalog().models.items() for wf in entry.workflows}
+    return published, None if routes >= every else tuple(sorted(routes))
+
+
 def error_dict(exc: ReelserveError) -> dict[str, Any]:
     """How an error is stored on a job: the Runware fields plus its kind."""
     return {**exc.to_dict(), "kind": exc.kind.value}
@@ -295,6 +361,9 @@ class Worker:
         self._fetch = fetch
         self._wake = threading.Event()
         self._unsubscribe = store.subscribe(lambda _job_id: self._wake.set())
+        #: The route keys this worker claims jobs of (None: any job); set by :meth:`run` from
+        #: what its settings render (see :func:`served_routes`).
+        self.serves: tuple[str, ...] | None = None
 
     @property
     def select_engine(self) -> EngineSelector:
@@ -307,8 +376,18 @@ class Worker:
         """Claim and run jobs until ``stop`` is set.
 
         Sleeps between empty claims, woken early by in-process store changes; the poll interval
-        covers jobs created by other processes.
+        covers jobs created by other processes. While it runs, the worker's row in the store's
+        ``workers`` table says it is alive and what it renders (removed when it stops).
         """
+        presence = self._start_presence()
+        try:
+            self._loop(stop, poll_interval)
+        finally:
+            presence.set()
+            with contextlib.suppress(Exception):  # the store may be closed already
+                self.store.remove_worker(self.worker_id)
+
+    def _loop(self, stop: threading.Event, poll_interval: float) -> None:
         while not stop.is_set():
             try:
                 did_work = self.run_once()
@@ -329,6 +408,7 @@ class Worker:
             self.worker_id, self.settings.lease_seconds,
             prefer_models=self.preferred_models(),
             prefer_max_wait=self.settings.prefer_max_wait,
+            serves=self.serves,
         )
         if job is None:
             return False

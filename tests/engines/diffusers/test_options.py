@@ -189,8 +189,8 @@ def test_static_lora_loads_and_fuses(tmp_path: Path, tiny_weights: dict[str, Pat
         transformer = loaded.pipe.transformer
         # Fused: the adapter layers are gone, the base weights carry the LoRA.
         assert not any("lora" in name for name, _ in transformer.named_parameters())
-        base = DiffusersEngine(ProfileSet.load(tmp_path / "profiles.toml").__class__.load(
-            _write(tmp_path / "plain", _toml(tiny_weights["wan-t2v"]))), Settings(diffusers_device="cpu"))
+        base = DiffusersEngine(ProfileSet.load(_write(tmp_path / "plain", _toml(tiny_weights["wan-t2v"]))),
+                               Settings(diffusers_device="cpu"))
         plain_entry = base.profiles.get(MODEL, "t2v")
         assert plain_entry is not None
         with base._use(plain_entry.profile) as plain:
@@ -198,7 +198,7 @@ def test_static_lora_loads_and_fuses(tmp_path: Path, tiny_weights: dict[str, Pat
                      - plain.pipe.transformer.blocks[0].attn1.to_q.weight).abs().max().item()
         assert delta > 1e-3
     frames = _render(profiles)
-    assert not np.array_equal(frames, exact)  # the LoRA changes the output ...
+    assert not np.array_equal(frames, exact)  # the fused LoRA changes the output
 
 
 def _write(folder: Path, text: str) -> Path:

@@ -2,8 +2,8 @@
 
 A thin transport: read the body (capped while reading), parse it, authenticate, hand the tasks to
 :class:`~reelserve.api.runware.handlers.RunwareHandler`, and map the reply to a status code
-(200 when any task produced data, 400 when all failed, 401 for a bad key, 413 for a body over
-``settings.max_body_bytes``). Nothing here ever answers 500 for a bad request.
+(200 when any task produced data, 400 when all failed, 507 when all failed for a full disk, 401
+for a bad key, 413 for a body over ``settings.max_body_bytes``). Nothing here ever answers 500 for a bad request.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from reelserve.api.auth import authenticate, bearer_token
 from reelserve.api.runware.handlers import Reply, RunwareHandler
 from reelserve.api.serving import ErrorRenderer, dialect_route
-from reelserve.errors import ErrorKind, ReelserveError, ValidationError
+from reelserve.errors import STORAGE_FULL_CODE, ErrorKind, ReelserveError, ValidationError
 
 if TYPE_CHECKING:
     from reelserve.api.serving import Serving
@@ -98,7 +98,10 @@ def runware_rest_router(
         payload: dict[str, Any] = {"data": reply.data}
         if reply.errors:
             payload["errors"] = reply.errors
-        return JSONResponse(payload, status_code=200 if reply.data or not reply.errors else 400)
+        status = 200 if reply.data or not reply.errors else 400
+        if status == 400 and all(e.get("code") == STORAGE_FULL_CODE for e in reply.errors):
+            status = 507  # nothing failed but the server's disk: a client retries later
+        return JSONResponse(payload, status_code=status)
 
     router.add_api_route("/v1", post_tasks, methods=["POST"], include_in_schema=False)
     router.add_api_route("/v1/", post_tasks, methods=["POST"], include_in_schema=False)
