@@ -9,6 +9,7 @@ and at each size measures, on the store itself (the work below the HTTP layer):
 * ``list``: the OpenAI list, first page (``origin="openai"``, 20 jobs);
 * ``list deep``: the OpenAI list, the page after a job half-way down (cursor paging);
 * ``list status``: the key's queued jobs (``/v1/tasks?status=queued``);
+* ``queue pos``: :meth:`JobStore.queue_position` of the newest queued job (``/v1/tasks/{id}``);
 * ``claim``: :meth:`JobStore.claim` of one of the queued jobs;
 * ``stats``: one ``/metrics`` scrape (:meth:`JobStore.stats` and :meth:`JobStore.durations`).
 
@@ -61,13 +62,18 @@ def _result() -> str:
                   encode_seconds=0.3).model_dump_json()
 
 
+STATUS_AT = 8
+"""Where ``status`` is in :func:`new_job_values` (id, owner, task_uuid, origin, origin_data,
+request, spec, model, status, route)."""
+
+
 def _rows(count: int, start: float) -> list[tuple[Any, ...]]:
     """``count`` finished jobs (their INSERT values) created one second apart from ``start``."""
     rows = []
     for i in range(count):
         job = _job(ORIGINS[i % len(ORIGINS)])
         values = list(new_job_values(job))
-        values[-1] = JobStatus.SUCCEEDED.value
+        values[STATUS_AT] = JobStatus.SUCCEEDED.value
         at = start + i
         rows.append((*values, at, at + 5, at + 1, job.id))
     return rows
@@ -77,8 +83,8 @@ def fill_sqlite(store: Any, rows: list[tuple[Any, ...]]) -> None:
     with store._write() as conn:  # the store's own connection and write lock
         conn.executemany(
             "INSERT INTO jobs (id, owner, task_uuid, origin, origin_data, request, spec, model, "
-            "status, progress, created_at, updated_at, started_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 100, ?, ?, ?)", [r[:-1] for r in rows])
+            "status, route, progress, created_at, updated_at, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 100, ?, ?, ?)", [r[:-1] for r in rows])
         conn.executemany(
             "INSERT INTO results (job_id, idx, data, delivered, created_at) "
             "VALUES (?, 0, ?, 1, ?)", [(r[-1], _result(), r[-2]) for r in rows])
@@ -88,8 +94,9 @@ def fill_postgres(store: Any, rows: list[tuple[Any, ...]]) -> None:
     with store._tx() as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO jobs (id, owner, task_uuid, origin, origin_data, request, spec, model, "
-            "status, progress, created_at, updated_at, started_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 100, %s, %s, %s)", [r[:-1] for r in rows])
+            "status, route, progress, created_at, updated_at, started_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 100, %s, %s, %s)",
+            [r[:-1] for r in rows])
         cur.executemany(
             "INSERT INTO results (job_id, idx, data, delivered, created_at) "
             "VALUES (%s, 0, %s, TRUE, %s)", [(r[-1], _result(), r[-2]) for r in rows])
@@ -127,6 +134,7 @@ def measure(store: JobStore, known: list[str]) -> dict[str, float]:
             lambda: store.list_jobs(OWNER, origin="openai", limit=20, after=cursor))
     out["list status"] = _median_ms(
         lambda: store.list_jobs(OWNER, statuses=[JobStatus.QUEUED], limit=20))
+    out["queue pos"] = _median_ms(lambda: store.queue_position(submitted[-1].id))
     claimed: list[Job] = []
 
     def claim() -> None:
@@ -166,7 +174,8 @@ def main() -> int:
         filled = 0
         base = time.time() - 10**6
         header = f"{'jobs':>7} " + " ".join(f"{k:>13}" for k in (
-            "submit", "get", "list", "list deep", "list status", "claim", "stats")) + "   db MB"
+            "submit", "get", "list", "list deep", "list status", "queue pos", "claim", "stats")
+        ) + "   db MB"
         print(f"store: {'PostgreSQL' if args.postgres else 'SQLite'}; median ms (fastest run)")
         print(header)
         first: dict[str, float] | None = None
@@ -183,7 +192,8 @@ def main() -> int:
             BEST.clear()
             print(f"{size:>7} " + " ".join(
                 f"{result.get(k, float('nan')):>6.2f} ({best.get(k, float('nan')):4.2f})"
-                for k in ("submit", "get", "list", "list deep", "list status", "claim", "stats"))
+                for k in ("submit", "get", "list", "list deep", "list status", "queue pos",
+                          "claim", "stats"))
                 + f"   {size_mb:6.1f}", flush=True)
         assert first is not None
         print("ratio of the largest size to the empty store: " + json.dumps(

@@ -1,4 +1,4 @@
-"""Command line: ``reelserve serve | worker | generate | tasks | models | doctor``.
+"""Command line: ``reelserve serve | worker | workers | generate | tasks | models | doctor``.
 
 Every setting also comes from ``REELSERVE_*`` environment variables; explicit options win. How
 ``reelserve worker`` lays out its processes (``--gpus``, ``--processes``) is an option only. One
@@ -48,7 +48,10 @@ def _serve(args: argparse.Namespace) -> int:
     # payloadTooLarge error for frames between it and max_body_bytes; give it headroom.
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=args.log_level, access_log=args.access_log,
-                            ws_max_size=settings.max_body_bytes + (1 << 20))
+                            ws_max_size=settings.max_body_bytes + (1 << 20),
+                            # Forwarded headers are believed only from REELSERVE_TRUSTED_PROXIES
+                            # (api/auth.py client_address), never by uvicorn's own default.
+                            proxy_headers=False)
     _draining_server_class()(config).run()
     return 0
 
@@ -148,6 +151,58 @@ def _models(args: argparse.Namespace) -> int:
     return diffusers_cli.models_list(settings)
 
 
+def _workers(args: argparse.Namespace) -> int:
+    """``reelserve workers``: the live workers of the job store and what each renders."""
+    import json
+    import time
+
+    from reelserve.jobs import open_store
+
+    store = open_store(_settings(args))
+    try:
+        workers = store.live_workers()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([{"worker_id": w.worker_id, "host": w.host, "pid": w.pid,
+                           "started_at": w.started_at, "last_seen": w.last_seen,
+                           "serves": list(w.serves) if w.serves is not None else None,
+                           "capabilities": list(w.capabilities)} for w in workers], indent=2))
+    else:
+        print(format_workers(workers, time.time()), end="")
+    return 0
+
+
+def format_workers(workers: Sequence[Any], now: float) -> str:
+    """The text of ``reelserve workers``: one line per live worker (id, host, pid, up, last
+    beat), then one line per engine it renders with (the routes and what they support)."""
+    if not workers:
+        return ("no live workers: submits are accepted and queued until one registers "
+                "(a server with worker threads decides from its own profiles)\n")
+    lines = []
+    for w in workers:
+        up = int(max(0.0, now - w.started_at))
+        lines.append(f"{w.worker_id}  host={w.host} pid={w.pid} up={up // 60}m{up % 60:02d}s "
+                     f"seen={max(0.0, now - w.last_seen):.0f}s ago  "
+                     f"claims={'any job' if w.serves is None else f'{len(w.serves)} route(s)'}")
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for cap in w.capabilities:
+            groups.setdefault(cap.get("pipeline") or cap.get("engine", "?"), []).append(cap)
+        for label, caps in sorted(groups.items()):
+            routes = (" ".join(f"{c['model']}/{c['workflow']}" for c in caps) if len(caps) <= 6
+                      else f"{len(caps)} model/workflow routes")
+            extras = [name for name, key in (("sound", "sound"),
+                                             ("keepOriginalSound", "keep_original_sound"),
+                                             ("referenceImages", "reference_images"),
+                                             ("edit", "edit")) if any(c.get(key) for c in caps)]
+            moves = sorted({m for c in caps for m in c.get("camera_moves", [])})
+            if moves:
+                extras.append(f"camera: {len(moves)} move(s)" if len(moves) > 4
+                              else f"camera: {','.join(moves)}")
+            lines.append(f"  {label}: {routes}" + (f"  [{'; '.join(extras)}]" if extras else ""))
+    return "\n".join(lines) + "\n"
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from reelserve.engines.diffusers import cli as diffusers_cli
 
@@ -219,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("name", help="weights folder name (see `models list`), hub repo id or model "
                       "id; `safety`: the content checker (REELSERVE_SAFETY_MODEL)")
     models.set_defaults(func=_models)
+
+    workers = sub.add_parser("workers", help="the live workers of the job store (all machines "
+                             "sharing it) and what each renders")
+    workers.add_argument("--data-dir", type=Path, help="the server's data dir")
+    workers.add_argument("--json", action="store_true", help="print JSON (with capabilities)")
+    workers.set_defaults(func=_workers)
 
     doctor = sub.add_parser("doctor", help="what engines, devices, weights and settings this install has")
     doctor.set_defaults(func=_doctor)

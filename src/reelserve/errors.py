@@ -132,9 +132,19 @@ class ConflictError(ReelserveError):
 
 
 class RateLimitError(ReelserveError):
-    """Per-key submit rate or in-flight limit reached."""
+    """Per-key submit rate or in-flight limit reached.
+
+    ``retry_after``: seconds until the limit admits the request again, when the limiter knows
+    (every dialect's 429 answer carries it as ``Retry-After``; see ``api/serving.py``).
+    """
 
     default_kind = ErrorKind.RATE_LIMIT
+    retry_after: float | None = None
+
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(code, message, **kwargs)
+        self.retry_after = retry_after
 
 
 class InFlightLimitError(RateLimitError):

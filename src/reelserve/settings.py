@@ -45,6 +45,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0, description="largest request body read (base64 media)"
     )
+    # Hostile clients (docs/security.md, "Threat model"): what a request may carry and who may
+    # drive a keyless server.
+    max_tasks_per_request: int = Field(
+        default=100, ge=1, description="tasks in one POST /v1 array or one WebSocket frame",
+    )
+    trusted_proxies: CsvList = Field(
+        default_factory=list, description="addresses/CIDRs of reverse proxies whose "
+        "X-Forwarded-For / X-Real-IP / Forwarded headers are believed (default: none)",
+    )
+    allowed_hosts: CsvList = Field(
+        default_factory=list, description="extra Host names a keyless server answers (besides "
+        "loopback names and public_url's host); '*' allows any",
+    )
+    allowed_origins: CsvList = Field(
+        default_factory=list, description="extra browser origins (scheme://host:port) that may "
+        "write to a keyless server or open its WebSocket (besides the server's own)",
+    )
 
     # job store and workers
     database_url: SecretStr | None = Field(  # a PostgreSQL URL carries its password
@@ -74,6 +91,7 @@ class Settings(BaseSettings):
     ws_resume_seconds: float = Field(default=120.0, gt=0, description="keep undelivered results per connectionSessionUUID")
     ws_max_in_flight: int = Field(default=64, ge=1, description="tasks one connection may have running at once")
     ws_send_queue: int = Field(default=256, ge=1, description="frames queued per socket before a slow client is dropped")
+    ws_max_connections: int = Field(default=1000, ge=1, description="open WebSocket connections per process; more are refused at the handshake")
 
     # engines
     preview_fallback: bool = True
@@ -165,7 +183,8 @@ class Settings(BaseSettings):
     rate_uploads_per_minute: int = Field(default=120, ge=0, description="media uploads (input files) per key per minute")
     rate_upload_bytes_per_hour: int = Field(default=5 * 1024**3, ge=0, description="bytes of media uploads per key per hour")
 
-    @field_validator("api_keys", "outbound_allow", "kling_keys", "safety_labels", mode="before")
+    @field_validator("api_keys", "outbound_allow", "kling_keys", "safety_labels",
+                     "trusted_proxies", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -155,14 +155,12 @@ def test_json_body_with_data_uri_and_failed_task(client: httpx.Client) -> None:
     resp = client.post("/klingai/m2v_15_img2video",
                        json={"input_image": data_uri(make_png(480, 480)), "prompt": "waves",
                              "aspect_ratio": "1:1", "enable_audio": True})
-    assert resp.status_code == 200, resp.text
-    task_id = resp.json()["data"]["task"]["id"]
-    # The preview engine cannot make audio: the task ends with 50 and a message naming
-    # the 302 field.
-    data = poll(lambda: _fetch(client, task_id), lambda d: d["status"] in (99, 50))
-    assert data["status"] == 50 and data["works"] == []
-    assert data["task"]["parameter"] == "enable_audio"
-    assert "enable_audio" in data["task"]["message"]
+    # The preview engine cannot make audio: refused in the submit answer (issue 12; it used to
+    # fail when the task ran), with a message naming the 302 field.
+    data = _refused(resp, "enable_audio")
+    assert data["code"] == "unsupportedEnableAudio"  # the 302 name of unsupportedSound
+    assert data["parameter"] == "enable_audio"
+    assert "enable_audio" in data["message"]
 
 
 def test_unknown_task_and_wrong_content_type(client: httpx.Client) -> None:

@@ -3,20 +3,25 @@
 Each test reproduces what a review did to the server and states what must hold instead: task
 arrays and bodies are capped on every route, a keyless server cannot be driven by another web
 page (Host, Origin and content type are checked), forwarded-address headers are trusted only
-from configured proxies, the in-flight limit is atomic, and media answers carry ``nosniff`` and
-answer ``HEAD``.
+from configured proxies, the in-flight limit is atomic, media answers carry ``nosniff`` and
+answer ``HEAD``, and ``getResponse`` results survive an answer the client never read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from reelserve_testing import ServerFactory, ServerProcess, make_png
+from reelserve_testing import ServerFactory, ServerProcess, make_png, poll_results
 
 
 def _video(task_uuid: str | None = None) -> dict[str, object]:
@@ -186,3 +191,72 @@ def test_media_answers_nosniff_and_head(server: ServerProcess) -> None:
         assert head.status_code == 200, head.status_code
         assert head.headers["content-length"] == got.headers["content-length"]
         assert head.content == b""
+
+
+# -------------------------------------------- item 11: getResponse answers that never arrive
+
+
+@contextlib.contextmanager
+def _slow_image_host(delay: float) -> Iterator[str]:
+    """A loopback HTTP server that answers a PNG after ``delay`` seconds (keeps a batch busy)."""
+    png = make_png(64, 64)
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    host.daemon_threads = True
+    thread = threading.Thread(target=host.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{host.server_address[1]}/slow.png"
+    finally:
+        host.shutdown()
+        host.server_close()
+
+
+def test_get_response_keeps_results_the_client_never_read(
+    server_factory: ServerFactory,
+) -> None:
+    # The answer to a getResponse batch is held up by a slow imageUpload in the same batch; the
+    # client times out and leaves. Its results must still be there for the next poll (they
+    # used to be marked delivered when taken, and were then only in getTaskDetails).
+    srv = server_factory(env={"REELSERVE_OUTBOUND_ALLOW": "127.0.0.1",
+                              "REELSERVE_ENGINE_SELECTOR": "tiny_engine:engine_selector"})
+    task = _video()
+    with httpx.Client(base_url=srv.url, timeout=60.0) as client:
+        assert client.post("/v1", json=[task]).status_code == 200
+        deadline = time.monotonic() + 300.0
+        while True:  # getTaskDetails reads without handing results out
+            details = client.post("/v1", json=[{"taskType": "getTaskDetails",
+                                                 "taskUUID": task["taskUUID"]}]).json()
+            status = details["data"][0]["status"]
+            if status != "processing":
+                break
+            assert time.monotonic() < deadline, "the task did not finish"
+            time.sleep(0.2)
+        assert status == "success", details
+        with _slow_image_host(3.0) as slow_url:
+            with httpx.Client(base_url=srv.url, timeout=1.0) as impatient, \
+                    pytest.raises(httpx.ReadTimeout):
+                impatient.post("/v1", json=[
+                    {"taskType": "getResponse", "taskUUID": task["taskUUID"]},
+                    {"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()),
+                     "image": slow_url}])
+            time.sleep(3.5)  # the server has answered into the closed connection by now
+        items, errors = poll_results(client, str(task["taskUUID"]), timeout=30.0)
+        assert not errors, errors
+        assert [i["taskUUID"] for i in items] == [task["taskUUID"]], items
+        # Handed out once: a poll after the answer arrived has nothing more.
+        again = client.post("/v1", json=[{"taskType": "getResponse",
+                                          "taskUUID": task["taskUUID"]}]).json()
+        assert again["data"] == [], again

@@ -2,8 +2,9 @@
 
 Item 1: the SQLite store kept every thread's connection forever; the request thread pool retires
 idle threads, so each burst after a pause leaked file descriptors until the server died.
-Item 2: one WebSocket frame of 10,000 ``authentication`` tasks blocked ``/health`` for 89 s, and
-idle unauthenticated sockets were unbounded.
+Item 2: one WebSocket frame of 10,000 ``authentication`` tasks blocked ``/health`` for 89 s,
+idle unauthenticated sockets were unbounded, and authenticating again reset a socket's in-flight
+count.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -51,19 +53,19 @@ async def test_one_huge_auth_frame_does_not_block_the_server(server: ServerProce
 
     ws_url = server.url.replace("http://", "ws://") + "/v1"
     frame = json.dumps([{"taskType": "authentication", "apiKey": "any"}] * 10_000)
-    async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
-        async with websockets.connect(ws_url, max_size=None) as ws:
-            await ws.send(frame)
-            worst = 0.0
-            for _ in range(20):
-                start = time.monotonic()
-                assert (await http.get("/health")).status_code == 200
-                worst = max(worst, time.monotonic() - start)
-                await asyncio.sleep(0.05)
-            assert worst < 1.0, worst
-            # The socket answers (one reply or a refusal), it does not stall forever.
-            reply = await asyncio.wait_for(ws.recv(), 30.0)
-            assert reply
+    async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http, \
+            websockets.connect(ws_url, max_size=None) as ws:
+        await ws.send(frame)
+        worst = 0.0
+        for _ in range(20):
+            start = time.monotonic()
+            assert (await http.get("/health")).status_code == 200
+            worst = max(worst, time.monotonic() - start)
+            await asyncio.sleep(0.05)
+        assert worst < 1.0, worst
+        # The socket answers (one reply or a refusal), it does not stall forever.
+        reply = await asyncio.wait_for(ws.recv(), 30.0)
+        assert reply
 
 
 async def test_idle_unauthenticated_sockets_are_bounded(server_factory: ServerFactory) -> None:
@@ -95,3 +97,36 @@ async def test_idle_unauthenticated_sockets_are_bounded(server_factory: ServerFa
     while time.monotonic() < deadline and _server_fds(srv) > base + 5:
         await asyncio.sleep(0.2)
     assert _server_fds(srv) <= base + 5, (base, _server_fds(srv))
+
+
+async def test_reauthenticating_keeps_the_in_flight_count(server_factory: ServerFactory) -> None:
+    # Authenticating again on the same socket starts a new session; the socket's running tasks
+    # still count (it used to start from zero, so a client could run without limit).
+    import websockets
+
+    srv = server_factory(env={"REELSERVE_WORKERS": "0", "REELSERVE_WS_MAX_IN_FLIGHT": "2"})
+    ws_url = srv.url.replace("http://", "ws://") + "/v1"
+
+    def sync_video() -> dict[str, object]:
+        return {"taskType": "videoInference", "taskUUID": str(uuid.uuid4()),
+                "model": "klingai:1@1", "positivePrompt": "a boat", "width": 1280,
+                "height": 720, "duration": 5, "deliveryMethod": "sync"}
+
+    async def authenticate(ws: websockets.ClientConnection) -> str:
+        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": "any"}]))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10.0))
+        return str(reply["data"][0]["connectionSessionUUID"])
+
+    async with websockets.connect(ws_url) as ws:
+        first = await authenticate(ws)
+        # Two sync tasks with no worker: they stay in flight (no ACK is sent for sync).
+        await ws.send(json.dumps([sync_video(), sync_video()]))
+        await asyncio.sleep(0.5)
+        assert await authenticate(ws) != first
+        third = sync_video()
+        await ws.send(json.dumps([third]))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10.0))
+        error = reply["errors"][0]
+        assert error["code"] == "rateLimitExceeded", reply
+        assert error["taskUUID"] == third["taskUUID"], reply
+        assert "REELSERVE_WS_MAX_IN_FLIGHT" in error["message"], reply

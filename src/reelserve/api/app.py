@@ -23,11 +23,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 import reelserve
+from reelserve.api.guards import BodyLimitMiddleware, ClientGuardMiddleware
 from reelserve.api.media import media_router
 from reelserve.api.observability import RequestLogMiddleware, observability_router
 from reelserve.api.openapi import install_openapi
 from reelserve.api.services import JobEvents, Services
-from reelserve.api.serving import Serving
+from reelserve.api.serving import Serving, with_retry_after
 from reelserve.errors import ReelserveError
 from reelserve.worker.readiness import Readiness
 
@@ -127,9 +128,9 @@ def create_app(
     @app.exception_handler(ReelserveError)
     async def _reelserve_error(request: Request, exc: ReelserveError) -> JSONResponse:
         # Routers map their own errors; this catches the rest in a Runware-like shape.
-        return JSONResponse({"data": [], "errors": [{**exc.to_dict(), "taskType": None,
-                                                     "taskUUID": None}]},
-                            status_code=exc.http_status)
+        return with_retry_after(JSONResponse(
+            {"data": [], "errors": [{**exc.to_dict(), "taskType": None, "taskUUID": None}]},
+            status_code=exc.http_status), exc)
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -143,6 +144,7 @@ def create_app(
                                             lambda: app.state.worker_slots()))
 
     serving = Serving(services)
+    app.state.dialect_routes = []  # read by serving.error_response_for
     for dialect in default_dialects() if dialects is None else dialects:
         # Delivery knows no dialect: each declared one hands over how its jobs look in a
         # webhook body and in a status callback (looked up by Job.origin family).
@@ -152,11 +154,16 @@ def create_app(
             services.dispatcher.register_status_renderer(dialect.origin, dialect.status(serving))
         for router in dialect.routers(serving):
             app.include_router(router)
+            # Refusals made before routing (api/guards.py) answer in the route's envelope.
+            app.state.dialect_routes.extend(router.routes)
     app.include_router(media_router(services))
     # Routers that are not a wire dialect.
     from reelserve.api.tasks import tasks_router  # /v1/tasks: every dialect's jobs
 
     app.include_router(tasks_router(services))
+    from reelserve.api.models import models_router  # /v1/models: what renders each id here
+
+    app.include_router(models_router(serving))
     # The playground page at GET / (static files; it calls POST /v1 like any client).
     from reelserve.web import playground_router
 
@@ -165,6 +172,10 @@ def create_app(
         app.include_router(router if isinstance(router, APIRouter) else router(services))
     # /openapi.json from api/openapi.py (every route, bodies, auth); 405s list every method.
     install_openapi(app)
+    # Every route's body is capped while it streams in (api/guards.py); a keyless server checks
+    # Host, Origin and content type before any route runs. Middleware added later runs first.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ClientGuardMiddleware, settings=settings)
     # Added last, so it is the outermost middleware: refusals by the others are logged too.
     app.add_middleware(RequestLogMiddleware)
     return app

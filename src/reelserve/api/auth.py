@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from reelserve.errors import AuthError
 
@@ -35,6 +36,71 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+_FORWARD_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def _in_networks(host: str, networks: Iterable[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    for net in networks:
+        try:
+            if address in ipaddress.ip_network(net.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _forwarded_chain(name: bytes, value: str) -> list[str]:
+    """The client addresses a forwarding header lists, nearest client first."""
+    if name == b"forwarded":  # RFC 7239: for=1.2.3.4;proto=https, for="[::1]:80"
+        out = []
+        for element in value.split(","):
+            for pair in element.split(";"):
+                key, _, raw = pair.strip().partition("=")
+                if key.strip().lower() == "for":
+                    addr = raw.strip().strip('"')
+                    if addr.startswith("["):
+                        addr = addr[1:].split("]", 1)[0]
+                    elif addr.count(":") == 1:
+                        addr = addr.split(":", 1)[0]
+                    out.append(addr)
+        return out
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def client_address(settings: Settings, scope: Mapping[str, Any]) -> str | None:
+    """The address of the client of an HTTP/WebSocket ``scope`` for authorization decisions.
+
+    The TCP peer, unless it is one of ``REELSERVE_TRUSTED_PROXIES`` (addresses or CIDRs; none by
+    default): then the nearest untrusted address its ``Forwarded`` / ``X-Forwarded-For`` /
+    ``X-Real-IP`` header names. A request from an untrusted peer that carries such a header
+    answers None (unknown, so never loopback): a same-host proxy makes every client's peer
+    127.0.0.1, and its header is the one sign that the client is elsewhere.
+    """
+    client = scope.get("client")
+    peer = str(client[0]) if client else None
+    headers = {k: v.decode("latin-1") for k, v in scope.get("headers") or ()
+               if k in _FORWARD_HEADERS}
+    if not headers:
+        return peer
+    proxies = settings.trusted_proxies
+    if peer is None or not _in_networks(peer, proxies):
+        return None
+    for name in _FORWARD_HEADERS:
+        if name not in headers:
+            continue
+        chain = _forwarded_chain(name, headers[name])
+        # Walk from the proxy towards the client: the first hop no trusted proxy vouches for.
+        for hop in reversed(chain):
+            if not _in_networks(hop, proxies):
+                return hop
+        return chain[0] if chain else None
+    return peer
 
 
 def authenticate(settings: Settings, api_key: str | None, client_host: str | None) -> str:

@@ -34,16 +34,21 @@ if TYPE_CHECKING:
     from reelserve.delivery.storage import ArtifactInfo, ArtifactStore
     from reelserve.tasks import Job, Result
 
-__all__ = ["UrlSigner", "ensure_cover", "media_router"]
+__all__ = ["NOSNIFF", "UrlSigner", "ensure_cover", "media_router"]
+
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+"""Headers of every media answer: browsers must not guess another type from the bytes."""
 
 log = logging.getLogger(__name__)
 
 
 def media_router(services: Services) -> APIRouter:
-    """GET /media/{kind}/{name}: serve an artifact when its URL signature and expiry are good."""
+    """GET/HEAD /media/{kind}/{name}: serve an artifact when its URL signature and expiry are
+    good (``X-Content-Type-Options: nosniff``: an upload is served as the type it was sniffed as
+    when stored, never re-sniffed by a browser into HTML)."""
     router = APIRouter()
 
-    @router.get("/media/{kind}/{name}", include_in_schema=False)
+    @router.api_route("/media/{kind}/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def get_media(kind: str, name: str, request: Request) -> Response:
         if kind not in ("outputs", "uploads"):
             return JSONResponse({"error": "not found"}, status_code=404)
@@ -64,7 +69,7 @@ def media_router(services: Services) -> APIRouter:
             info = path = None  # a malformed key
         if info is None or path is None:
             return JSONResponse({"error": "not found"}, status_code=404)
-        return FileResponse(path, media_type=info.content_type)
+        return FileResponse(path, media_type=info.content_type, headers=NOSNIFF)
 
     return router
 

@@ -7,8 +7,9 @@
   (:class:`ProcessCollector`).
 - ``GET /health``: the process answers (liveness). Never touches the store.
 - ``GET /ready``: the store answers a query, this process's worker slots are alive, and the
-  models it was told to preload are loaded (``Readiness``); 503 with the reason otherwise.
-  A server with ``REELSERVE_WORKERS=0`` has no slots of its own: it is ready when its store is.
+  models it was told to preload are loaded (``Readiness``); 503 with the reasons otherwise.
+  A server with ``REELSERVE_WORKERS=0`` has no slots of its own: it is ready when its store
+  answers and some worker of the deployment is alive (``JobStore.live_workers``).
 
 None of them needs an API key: load balancers, orchestrators and Prometheus call them, and they
 tell nothing about any key's tasks.
@@ -165,13 +166,20 @@ def _ready_body(services: Services, snap: ReadinessSnapshot,
                 slots: tuple[int, int]) -> tuple[bool, dict[str, Any]]:
     """``/ready``'s verdict and body (blocking: it queries the store)."""
     reasons: list[str] = []
+    live: int | None = None
+    store: dict[str, Any]
     try:
         services.store.get("readiness-probe")  # an indexed lookup: proves the store answers
+        # every worker of the deployment publishes itself in the store with its beats
+        live = len(services.store.live_workers())
         store = {"reachable": True}
     except Exception as exc:  # any failure of the store is "not ready", with its cause
         store = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         reasons.append("the job store does not answer")
     total, alive = slots
+    if not total and live == 0:  # an API-only server: someone else must render
+        reasons.append("no worker of the deployment is alive (this server runs none: "
+                       "REELSERVE_WORKERS=0; start `reelserve worker`)")
     if total and alive < total:
         reasons.append(f"{total - alive} of {total} worker slots stopped")
     if not snap.ready:
@@ -181,7 +189,7 @@ def _ready_body(services: Services, snap: ReadinessSnapshot,
         "reasons": reasons,
         "version": reelserve.__version__,
         "store": store,
-        "workers": {**snap.to_dict(), "slots": total, "alive": alive},
+        "workers": {**snap.to_dict(), "slots": total, "alive": alive, "live": live},
     }
     return not reasons, body
 

@@ -4,7 +4,7 @@ header of 405 answers.
 The routers read raw requests (each dialect parses its own wire shape in ``schema.py``), so
 FastAPI's generated schema knows their paths but not their bodies. :func:`install_openapi`
 replaces ``app.openapi`` with :func:`build_schema`: FastAPI's paths (summaries, tags, path
-parameters) overlaid with what each operation takes and answers, from :data:`OPERATIONS`, and
+parameters) overlaid with what each operation takes and answers (``_operations``), and
 the routes FastAPI hides (``POST /v1``, media URLs). Limits come from the catalog
 (``catalog/models.toml``: models, sizes, durations, fps, prompt, CFG, results, quality, ttl,
 seed), never copied by hand, so the schema follows the catalog. A test
@@ -31,22 +31,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import reelserve
 
-__all__ = ["OPERATIONS", "allowed_methods", "build_schema", "install_openapi",
+__all__ = ["allowed_methods", "build_schema", "http_routes", "install_openapi",
            "method_not_allowed"]
 
 WEBSOCKET_PROTOCOL = """\
 ## WebSocket (Runware dialect)
 
 Connect to `ws(s)://HOST/v1` (or `/v1/`). Every frame is a JSON **array of task objects**, the
-same tasks `POST /v1` takes (see `RunwareTask`). Start with
-`[{"taskType": "authentication", "apiKey": "<key>"}]` (optionally `connectionSessionUUID` to
-resume a session); the answer is `{"data": [{"taskType": "authentication",
-"connectionSessionUUID": ...}]}`. Then send `videoInference` tasks (any `deliveryMethod`): the
-server pushes `{"data": [<videoInference item>]}` for each result as it finishes (and
-`{"errors": [...]}` for a failure, with the task's `taskUUID`), without polling.
-`getResponse`, `imageUpload`, `mediaStorage`, `modelSearch` and `ping` work as over REST.
-Frames are capped at the server's body limit (`REELSERVE_MAX_BODY_BYTES`); close codes 1008
-(authentication refused) and 1009 (frame too large) say why a socket was closed.
+same tasks `POST /v1` takes (`RunwareTask`). The **first frame must be an `authentication`
+task**, `[{"taskType": "authentication", "apiKey": "<key>"}]`, even on a server without keys
+(any key is accepted there); the answer `{"data": [{"taskType": "authentication",
+"connectionSessionUUID": ...}]}` names a session that a client reconnecting within
+`REELSERVE_WS_RESUME_SECONDS` (120 s) resumes, receiving the results it missed. Tasks sent
+before it get `missingApiKey`.
+
+`videoInference` with `deliveryMethod: "sync"` **pushes** results: progress items
+(`status: "processing"`, at most one a second), then each video as soon as it exists, or an
+`{"errors": [...]}` frame naming the `taskUUID`. With `"async"` (the default) the socket answers
+an ACK and the client polls `getResponse` over the same socket, as over REST. `imageUpload`,
+`mediaStorage`, `modelSearch`, `getTaskDetails` and `ping` work as over REST. A socket without a
+client frame for `REELSERVE_WS_IDLE_TIMEOUT` (120 s) is closed: send
+`[{"taskType": "ping", "ping": true}]` to keep it open. Close code 1013 (try again later): the
+server has too many sockets open, or the client reads too slowly (resume with the session).
 """
 
 DESCRIPTION = f"""\
@@ -71,7 +77,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
                               "without keys serves loopback clients only, with no header."},
     "klingJwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                  "description": "Kling auth: an HS256 JWT signed with a secret key, `iss` = the "
-                                "access key, with `exp` and `nbf` (REELSERVE_KLING_KEYS)."},
+                                "access key, `exp` required, `nbf` checked (REELSERVE_KLING_KEYS)."},
 }
 API_KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
 KLING_JWT: list[dict[str, list[str]]] = [{"klingJwt": []}]
@@ -416,6 +422,21 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "security": API_KEY,
             "responses": {"200": _json(_ref("Task")), **_errors("RunwareErrors", _READ)},
         },
+        ("get", "/v1/models"): {  # api/models.py
+            "summary": "The models this server renders: per id, the workflows served, the "
+                       "engine of each and what it supports", "tags": ["Models"],
+            "security": API_KEY,
+            "responses": {"200": _json(_obj({
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _obj({
+                    "id": {"type": "string"}, "object": {"const": "model"},
+                    "created": {"type": "integer"}, "owned_by": {"type": "string"},
+                    "workflows": {"type": "array", "items": {"type": "string"}},
+                    "engine": {"type": "object"}, "supports": {"type": "object"},
+                }, ["id", "object", "created", "owned_by", "workflows", "engine",
+                    "supports"])},
+            }, ["object", "data"])), **_errors("OpenAIError", _READ)},
+        },
         ("get", "/media/{kind}/{name}"): {
             "summary": "A stored output or upload behind a signed, expiring URL",
             "tags": ["Media"], "security": NO_AUTH,
@@ -484,12 +505,9 @@ def http_routes(app: FastAPI) -> list[tuple[str, set[str], Any]]:
         route = context.original_route
         methods = getattr(route, "methods", None)
         if methods:
-            out.append((str(route.path), set(methods), route))
+            out.append((str(context.path), set(methods), route))
     return out
 
-
-OPERATIONS = _operations
-"""Builds the operation table (a function: it reads the catalog)."""
 
 _INTERNAL = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/favicon.ico",
              "/playground/{name}", "/v1/"}

@@ -100,14 +100,16 @@ class RateLimiter:
             while window and window[0][0] <= now - _HOUR:
                 window.popleft()
             if self.uploads_per_minute:
-                last_minute = sum(1 for when, _ in window if when > now - _WINDOW)
-                if last_minute >= self.uploads_per_minute:
+                minute = [when for when, _ in window if when > now - _WINDOW]
+                if len(minute) >= self.uploads_per_minute:
                     raise RateLimitError(
                         RATE_LIMIT_CODE,
-                        f"this API key sent {last_minute} uploads in the last minute; at most "
+                        f"this API key sent {len(minute)} uploads in the last minute; at most "
                         f"{self.uploads_per_minute} per minute are allowed "
                         "(rate_uploads_per_minute). Retry in a minute",
                         parameter=parameter,
+                        # when the oldest upload of the minute leaves the window
+                        retry_after=minute[-self.uploads_per_minute] + _WINDOW - now,
                     )
             if self.upload_bytes_per_hour:
                 used = sum(n for _, n in window)
@@ -118,11 +120,22 @@ class RateLimiter:
                         f"{size} bytes would pass the quota of {self.upload_bytes_per_hour} "
                         "bytes per hour (rate_upload_bytes_per_hour). Retry later",
                         parameter=parameter,
+                        retry_after=self._bytes_free_in(window, size, now),
                     )
             window.append((now, size))
             if len(self._uploads) > 10_000:  # forget idle keys so memory stays bounded
                 for key in [k for k, q in self._uploads.items() if not q or q[-1][0] <= now - _HOUR]:
                     del self._uploads[key]
+
+    def _bytes_free_in(self, window: deque[tuple[float, int]], size: int, now: float) -> float:
+        """Seconds until enough of the last hour's uploads leave the window for ``size`` more
+        bytes (an hour when the upload alone is over the quota)."""
+        used = sum(n for _, n in window)
+        for when, n in window:  # oldest first
+            used -= n
+            if used + size <= self.upload_bytes_per_hour:
+                return when + _HOUR - now
+        return _HOUR
 
     def check_submit(self, owner: str, *, parameter: str | None = "taskType") -> None:
         """Admit one submit by ``owner`` or raise ``rateLimitExceeded``.
@@ -157,6 +170,7 @@ class RateLimiter:
                     f"{self.submits_per_minute} per minute are allowed "
                     f"(rate_submits_per_minute). Retry in {retry_in} s",
                     parameter=parameter,
+                    retry_after=recent[0] + _WINDOW - now,
                 )
             recent.append(now)
             if len(self._recent) > 10_000:  # forget idle keys so memory stays bounded

@@ -3,8 +3,10 @@
 A dialect's router parses its wire shape into a :class:`~reelserve.tasks.TaskRequest`, calls
 :class:`Serving` and renders the answer; it decides nothing itself. Here live:
 
-- :meth:`Serving.submit`: validate -> delivery targets -> per-key limits -> ``Job`` -> store
-  (the one submit; every check a submit needs goes in its marked place);
+- :meth:`Serving.submit`: validate -> capabilities (what the engine that will render it cannot
+  honour is refused: :class:`reelserve.api.models.Availability`) -> delivery targets -> per-key
+  limits -> ``Job`` -> store (the one submit; every check a submit needs goes in its marked
+  place);
 - :meth:`Serving.store_upload`: keep an input file as an upload (one content-type table,
   :data:`reelserve.media.inputs.UPLOAD_TYPES`);
 - :meth:`Serving.link` / :meth:`Serving.expires_at`: a result's signed URL and expiry, one rule
@@ -18,17 +20,21 @@ Blocking methods (job store, artifact files) must be called from a thread.
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from fastapi import Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
-from reelserve.api.auth import authenticate, bearer_token
+from reelserve.api.auth import authenticate, bearer_token, client_address
 from reelserve.delivery.storage import UPLOADS
-from reelserve.errors import InFlightLimitError, ReelserveError, ValidationError
+from reelserve.errors import InFlightLimitError, RateLimitError, ReelserveError, ValidationError
 from reelserve.tasks import Job
 
 if TYPE_CHECKING:
@@ -61,7 +67,13 @@ class Serving:
     """The operations every dialect shares, over one app's :class:`Services`."""
 
     def __init__(self, services: Services) -> None:
+        from reelserve.api.models import Availability
+
         self.services = services
+        #: What renders each model id x workflow here and what it honours (submit refusals,
+        #: ``GET /v1/models``, ``modelSearch``): this process's worker threads and the store's
+        #: live workers.
+        self.availability = Availability(services.settings, services.store)
 
     @property
     def settings(self) -> Settings:
@@ -73,7 +85,7 @@ class Serving:
     def owner(self, request: Request) -> str:
         """The owner of a request authenticated with the REST API keys (``Bearer``)."""
         return authenticate(self.settings, bearer_token(request.headers.get("authorization")),
-                            request.client.host if request.client else None)
+                            client_address(self.settings, request.scope))
 
     # ------------------------------------------------------------------ submit
 
@@ -122,6 +134,9 @@ class Serving:
             spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(
                 update={"status_url": status_url})})
         # --- checks that refuse a valid request on this server go here, in this order ---
+        # what the engine that will render it cannot honour (sound, camera, keepOriginalSound,
+        # an unmapped model, a content check without a checker): refused now, never dropped
+        self.availability.check(spec)
         # delivery targets under the SSRF rules (names are resolved when sent, not now)
         check_targets(spec.delivery, self.services.policy, status_parameter=status_parameter)
         if limits:
@@ -221,12 +236,37 @@ class Serving:
 
 ErrorRenderer = Callable[[ReelserveError], Response]
 
+RETRY_AFTER_IN_FLIGHT = 5
+"""``Retry-After`` of a refusal whose limit cannot say when it frees (the tasks-in-flight limit
+frees when one of the key's jobs ends): a polling interval, not a promise."""
+
+
+def retry_after(exc: ReelserveError) -> int | None:
+    """Whole seconds a client refused by a per-key limit should wait (None: not a limit)."""
+    if not isinstance(exc, RateLimitError):
+        return None
+    if exc.retry_after is None:
+        return RETRY_AFTER_IN_FLIGHT
+    return max(1, math.ceil(exc.retry_after))
+
+
+def with_retry_after(response: Response, exc: ReelserveError) -> Response:
+    """``response`` to ``exc`` with ``Retry-After`` when ``exc`` is a rate limit: the one place
+    every dialect's 429 gets it (SDKs such as OpenAI's read it to time their retries)."""
+    seconds = retry_after(exc)
+    if seconds is not None:
+        response.headers["Retry-After"] = str(seconds)
+    return response
+
 
 def dialect_route(render_error: ErrorRenderer) -> type[APIRoute]:
     """An ``APIRoute`` class whose routes answer any :class:`ReelserveError` they raise with
     ``render_error`` (the dialect's envelope). Pass it as ``APIRouter(route_class=...)``."""
 
     class DialectRoute(APIRoute):
+        # Read by error_response_for: refusals made before the route runs (middleware).
+        error_renderer: ClassVar[ErrorRenderer] = staticmethod(render_error)  # type: ignore[misc]
+
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
@@ -234,8 +274,30 @@ def dialect_route(render_error: ErrorRenderer) -> type[APIRoute]:
                 try:
                     return await handler(request)
                 except ReelserveError as exc:
-                    return render_error(exc)
+                    return with_retry_after(render_error(exc), exc)
 
             return handle
 
     return DialectRoute
+
+
+def error_response_for(scope: Scope, exc: ReelserveError) -> Response:
+    """``exc`` as the answer of the route ``scope`` is addressed to: its dialect's envelope
+    (a :func:`dialect_route` route's), else the app's generic Runware-like error body.
+
+    For refusals made before any route runs (the client guard middleware)."""
+    state = getattr(scope.get("app"), "state", None)
+    routes: Sequence[BaseRoute] = getattr(state, "dialect_routes", ())  # set by create_app
+    partial: ErrorRenderer | None = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        renderer = getattr(route, "error_renderer", None)
+        if renderer is None or match is Match.NONE:
+            continue
+        if match is Match.FULL:
+            return with_retry_after(cast("Response", renderer(exc)), exc)
+        partial = partial or renderer  # the path matches, another method is routed
+    if partial is not None:
+        return with_retry_after(cast("Response", partial(exc)), exc)
+    return with_retry_after(JSONResponse({"data": [], "errors": [{
+        **exc.to_dict(), "taskType": None, "taskUUID": None}]}, status_code=exc.http_status), exc)

@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import time
 
+from reelserve.api.guards import ascii_int
+
 
 class UrlSigner:
     """Makes and checks signed media URLs."""
@@ -31,10 +33,12 @@ class UrlSigner:
 
     def check(self, key: str, exp: str | None, sig: str | None) -> int:
         """HTTP status for a request: 200 valid, 404 bad signature, 410 expired."""
-        if not exp or not sig or not exp.isdigit():
+        # ASCII digits, bounded (a crafted exp of "²" or 5000 digits is simply not ours).
+        expires = ascii_int(exp)
+        if expires is None or not sig:
             return 404
-        if not hmac.compare_digest(self._sig(key, int(exp)), sig):
+        if not hmac.compare_digest(self._sig(key, expires).encode(), sig.encode("utf-8", "replace")):
             return 404
-        if int(exp) < time.time():
+        if expires < time.time():
             return 410
         return 200

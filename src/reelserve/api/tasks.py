@@ -8,6 +8,9 @@ OpenAI-style); ``origin`` says which. Each job is rendered in one dialect-neutra
      "numberResults", "createdAt", "updatedAt", "results": [{"videoUUID", "url", ...}],
      "error": {"code", "message", "parameter"} | null, "cost"}
 
+``GET /v1/tasks/{taskUUID}`` of a queued task adds ``queuePosition``: how many queued jobs
+(of every key) were created before it, 0 when it is next (``JobStore.queue_position``).
+
 ``status`` is the job's own lifecycle (queued, running, succeeded, failed, cancelled). Errors
 are :class:`~reelserve.errors.ReelserveError` raised to the app's one error handler. Every answer
 carries ``X-Reelserve-Auth: keys`` or ``keyless`` so a client can tell a user that the key it
@@ -100,6 +103,18 @@ class TaskService:
             return job
         return self.services.store.request_cancel(job.id) or self.find(owner, task_uuid)
 
+    def show(self, owner: str, task_uuid: str) -> dict[str, Any]:
+        """One task as ``GET /v1/tasks/{taskUUID}`` answers it: :meth:`render`, plus
+        ``queuePosition`` (queued jobs ahead of it, every key's) while it is queued. Only here,
+        not in lists: one count per task is cheap, one per listed task is not needed."""
+        job = self.find(owner, task_uuid)
+        body = self.render(job)
+        if job.status is JobStatus.QUEUED and not job.cancel_requested:
+            position = self.services.store.queue_position(job.id)
+            if position is not None:  # None: it left the queue since it was read
+                body["queuePosition"] = position
+        return body
+
     def render(self, job: Job) -> dict[str, Any]:
         """The neutral task object (reads artifact info for the URLs: call from a thread)."""
         results = []
@@ -156,8 +171,7 @@ def tasks_router(services: Services) -> APIRouter:
     @router.get("/v1/tasks/{task_uuid}", summary="One task of this key")
     async def get_task(task_uuid: str, request: Request) -> JSONResponse:
         owner = await run_in_threadpool(service.owner, request)
-        return answer(await run_in_threadpool(
-            lambda: service.render(service.find(owner, task_uuid))))
+        return answer(await run_in_threadpool(service.show, owner, task_uuid))
 
     @router.post("/v1/tasks/{task_uuid}/cancel", summary="Cancel a task of this key")
     async def cancel_task(task_uuid: str, request: Request) -> JSONResponse:

@@ -778,6 +778,13 @@ class PostgresJobStore(JobStore):
             ).fetchall()
         return [result_from_row(r) for r in sorted(rows, key=lambda r: r["idx"])]
 
+    def return_undelivered(self, job_id: str, indexes: Collection[int]) -> None:
+        if not indexes:
+            return
+        with self._tx() as conn:
+            conn.execute("UPDATE results SET delivered = FALSE WHERE job_id = %s AND "
+                         "idx = ANY(%s)", (job_id, [int(i) for i in indexes]))
+
     # ------------------------------------------------------------------ delivery outbox
 
     def claim_deliveries(

@@ -699,6 +699,13 @@ class SQLiteJobStore(JobStore):
                 )
         return [result_from_row(r) for r in rows]
 
+    def return_undelivered(self, job_id: str, indexes: Collection[int]) -> None:
+        if not indexes:
+            return
+        with self._write() as conn:
+            conn.executemany("UPDATE results SET delivered = 0 WHERE job_id = ? AND idx = ?",
+                             [(job_id, int(i)) for i in indexes])
+
     # ------------------------------------------------------------------ delivery outbox
 
     def claim_deliveries(

@@ -353,6 +353,11 @@ class JobStore(Protocol):
         """Atomically return the results not handed out yet and mark them delivered."""
         ...
 
+    def return_undelivered(self, job_id: str, indexes: Collection[int]) -> None:
+        """Mark results ``indexes`` of ``job_id`` not delivered again: the answer that took them
+        (:meth:`take_undelivered`) never reached its client, so the next poll hands them out."""
+        ...
+
     # Delivery outbox. Rows are added in the same transaction as the change they report:
     # add_result / fail / cancel for jobs with a webhook URL or upload endpoint, and every status
     # change (create: queued, claim: running, finish / fail / cancel: terminal) for jobs with a

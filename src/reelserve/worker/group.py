@@ -158,6 +158,16 @@ class GroupMember:
         self._pending.append(self._sent)
         self._sent += 1
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Rank 0: wait up to ``timeout`` seconds until every other rank has read every
+        announcement (before exiting: the store lives in rank 0's process)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.store.add(f"{_PREFIX}ack/{n}", 0) >= self._size - 1 for n in self._pending):
+                return True
+            time.sleep(0.05)
+        return False
+
     def agree(self, flag: bool) -> bool:
         """Collective (every rank, once per denoising step): any rank's ``flag`` for all."""
         import torch
@@ -248,6 +258,7 @@ def _lead(settings: Settings, registry: Any, member: GroupMember, stop: threadin
         if executor.stop(grace):
             executor.store.close()
         member.announce(("stop",))
+        member.flush()  # the store lives in this process: let the others read the stop first
     return 0
 
 
@@ -293,8 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The others stop when rank 0 says so, after its current job, which needs them.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if args.parent_pid is not None:
-        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop, rank),
+    if args.parent_pid is not None and rank == 0:
+        # Only rank 0 watches the supervisor: it stops after its job and tells the others, who
+        # must not leave on their own while it may still announce a job it just claimed.
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop),
                          name="reelserve-parent-watch", daemon=True).start()
     from reelserve.errors import ReelserveError
     from reelserve.settings import Settings
@@ -307,13 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _watch_parent(parent_pid: int, stop: threading.Event, rank: int) -> None:
-    """A rank stops when its supervisor is gone (even by kill -9): rank 0 after its job, the
-    others at once when idle (a rank mid-job is ended by the group breaking up)."""
-    while not stop.is_set():
-        time.sleep(1.0)
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    """Rank 0 stops (after its current job) when its supervisor is gone, even by kill -9."""
+    while not stop.wait(1.0):
         if os.getppid() != parent_pid:
-            log.warning("supervisor process %d is gone; rank %d stops", parent_pid, rank)
+            log.warning("supervisor process %d is gone; the group stops after its job", parent_pid)
             stop.set()
 
 

@@ -82,38 +82,6 @@ class PreferringSelector(Protocol):
         """The engine that renders ``spec``."""
         ...
 
-    def _start_presence(self) -> threading.Event:
-        """Publish this worker (what it renders) and start its presence beats; set the returned
-        event to stop them. A store that refuses the first publish is retried by the beats."""
-        capabilities, self.serves = served_routes(self.settings)
-        info = WorkerInfo(worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                          started_at=time.time(), last_seen=time.time(),
-                          capabilities=tuple(capabilities), serves=self.serves)
-        published = True
-        try:
-            self.store.publish_worker(info)
-        except Exception as exc:  # the beats publish it once the store answers
-            log.warning("worker %s: could not publish itself: %s", self.worker_id,
-                        _describe(exc))
-            published = False
-        stop = threading.Event()
-        threading.Thread(target=self._beat, args=(stop, info, published),
-                         name=f"presence-{self.worker_id[-8:]}", daemon=True).start()
-        return stop
-
-    def _beat(self, stop: threading.Event, info: WorkerInfo, published: bool) -> None:
-        trouble = Trouble(f"worker {self.worker_id} presence", first=WORKER_BEAT)
-        while not stop.wait(trouble.delay or WORKER_BEAT):
-            try:
-                # A row removed meanwhile (an operator's cleanup) is published again.
-                if not published or not self.store.touch_worker(self.worker_id):
-                    self.store.publish_worker(info)
-                    published = True
-            except Exception as exc:
-                trouble.hit(exc)
-                continue
-            trouble.clear()
-
     def preferred_models(self) -> Collection[str]:
         """Model ids whose jobs this process renders cheapest now (weights resident)."""
         ...
@@ -414,6 +382,38 @@ class Worker:
             return False
         self.process(job)
         return True
+
+    def _start_presence(self) -> threading.Event:
+        """Publish this worker (what it renders) and start its presence beats; set the returned
+        event to stop them. A store that refuses the first publish is retried by the beats."""
+        capabilities, self.serves = served_routes(self.settings)
+        info = WorkerInfo(worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
+                          started_at=time.time(), last_seen=time.time(),
+                          capabilities=tuple(capabilities), serves=self.serves)
+        published = True
+        try:
+            self.store.publish_worker(info)
+        except Exception as exc:  # the beats publish it once the store answers
+            log.warning("worker %s: could not publish itself: %s", self.worker_id,
+                        _describe(exc))
+            published = False
+        stop = threading.Event()
+        threading.Thread(target=self._beat, args=(stop, info, published),
+                         name=f"presence-{self.worker_id[-8:]}", daemon=True).start()
+        return stop
+
+    def _beat(self, stop: threading.Event, info: WorkerInfo, published: bool) -> None:
+        trouble = Trouble(f"worker {self.worker_id} presence", first=WORKER_BEAT)
+        while not stop.wait(trouble.delay or WORKER_BEAT):
+            try:
+                # A row removed meanwhile (an operator's cleanup) is published again.
+                if not published or not self.store.touch_worker(self.worker_id):
+                    self.store.publish_worker(info)
+                    published = True
+            except Exception as exc:
+                trouble.hit(exc)
+                continue
+            trouble.clear()
 
     def preferred_models(self) -> Collection[str]:
         """Models to claim jobs for first: those the selector has loaded, if it can tell.

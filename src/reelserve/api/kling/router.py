@@ -10,7 +10,6 @@ the delivery dispatcher POSTs the task object rendered by :meth:`KlingService.re
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +17,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from reelserve.api.auth import LOCAL_OWNER, is_loopback, owner_for_key
+from reelserve.api import guards
+from reelserve.api.auth import owner_for_key
 from reelserve.api.dialect import Dialect
+from reelserve.api.guards import parse_int
 from reelserve.api.kling import schema
 from reelserve.api.serving import dialect_route
 from reelserve.errors import AuthError, ConflictError, NotFoundError, ValidationError
@@ -53,17 +54,19 @@ class KlingService:
     def owner(self, request: Request) -> str:
         """Verify the bearer JWT; the owner is :func:`owner_for_key` of the access key.
 
-        With no Kling keys configured, loopback clients are served as the local owner (the same
-        rule as the REST API keys) and every other client is refused.
+        With no Kling keys configured the REST API keys rule applies (:meth:`Serving.owner`):
+        ``Authorization: Bearer <API key>`` when ``REELSERVE_API_KEYS`` is set (never open
+        because the client is local), loopback clients only when it is not.
         """
         header = request.headers.get("authorization")
         if not self.keys:
-            host = request.client.host if request.client else None
-            if is_loopback(host):
-                return LOCAL_OWNER
-            raise AuthError("invalidAuthorization", "this server has no Kling keys configured "
-                            "(REELSERVE_KLING_KEYS) and serves loopback clients only",
-                            parameter="Authorization")
+            try:
+                return self.serving.owner(request)
+            except AuthError as exc:
+                raise AuthError(
+                    "invalidAuthorization", f"{exc.message} (this server has no Kling keys "
+                    "configured, REELSERVE_KLING_KEYS: send 'Authorization: Bearer <API key>')",
+                    parameter="Authorization") from None
         return owner_for_key(schema.verify_jwt(header, self.keys))
 
     def submit(self, kind: str, body: dict[str, Any], owner: str) -> Job:
@@ -121,13 +124,8 @@ class KlingService:
 
 
 def _page_arg(request: Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise ValidationError("invalidParameter", f"{name} must be an integer from 1 to "
-                              f"{maximum}, got {raw!r:.40}", parameter=name)
-    return int(raw)
+    return parse_int(request.query_params.get(name), name=name, minimum=1, maximum=maximum,
+                     default=default)
 
 
 def kling_router(serving: Serving) -> APIRouter:
@@ -139,11 +137,7 @@ def kling_router(serving: Serving) -> APIRouter:
         return JSONResponse(schema.envelope(data, str(uuid.uuid4())))
 
     async def read_json(request: Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise ValidationError("invalidRequest", f"the body is not valid JSON: {exc}",
-                                  parameter="body") from None
+        body = await guards.read_json(request, empty={}, code="invalidRequest")
         if not isinstance(body, dict):
             raise ValidationError("invalidRequest", "the body must be a JSON object",
                                   parameter="body")

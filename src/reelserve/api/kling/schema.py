@@ -155,6 +155,17 @@ def _str(body: Mapping[str, Any], key: str) -> str | None:
     return value.strip() or None
 
 
+def _sound(body: Mapping[str, Any]) -> bool | None:
+    """Kling's ``sound``: ``"on"`` (generate audio with the video) or ``"off"`` (the default)."""
+    value = _str(body, "sound")
+    if value is None:
+        return None
+    if value.lower() not in ("on", "off"):
+        raise ValidationError("invalidSound", f"sound must be 'on' or 'off', got {value!r:.60}",
+                              parameter="sound", allowed_values=["on", "off"])
+    return value.lower() == "on"
+
+
 def _float(body: Mapping[str, Any], key: str) -> float | None:
     value = body.get(key)
     if value is None:
@@ -174,7 +185,7 @@ def _float(body: Mapping[str, Any], key: str) -> float | None:
 
 
 _COMMON = ("model_name", "model", "mode", "prompt", "negative_prompt", "cfg_scale", "duration",
-           "aspect_ratio", "camera_control", "callback_url", "external_task_id")
+           "aspect_ratio", "camera_control", "sound", "callback_url", "external_task_id")
 FIELDS = {
     "text2video": _COMMON,
     "image2video": (*_COMMON, "image", "image_tail"),
@@ -257,6 +268,7 @@ def to_request(kind: str, body: Mapping[str, Any], *, task_uuid: str) -> TaskReq
         height=height,
         frame_images=frames,
         camera_control=camera,
+        sound=_sound(body),
         unsupported=unknown,
     )
 
@@ -301,6 +313,7 @@ CANCELLED = {"code": CANCELLED_CODE, "message": "the task was cancelled"}
 
 FIELD_NAMES = FieldTable({
     "provider.camera_control": "camera_control",
+    "provider.sound": "sound",
     "frame_images": "image",
     "prompt": "prompt",
     "negative_prompt": "negative_prompt",
@@ -325,6 +338,8 @@ def kling_code(exc: ReelserveError) -> tuple[int, int]:
         return 1303, 429
     if exc.code == "modelNotFound":
         return 1203, 404
+    if exc.code == "payloadTooLarge":  # the HTTP body cap of every route (api/guards.py)
+        return 1201, 413
     return _KIND_CODES.get(exc.kind, (5000, 500))
 
 

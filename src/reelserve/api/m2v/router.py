@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from reelserve.api.dialect import Dialect
+from reelserve.api.guards import read_json
 from reelserve.api.m2v import schema
 from reelserve.api.serving import dialect_route
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
@@ -35,11 +36,7 @@ async def read_form(request: Request) -> dict[str, schema.FormValue]:
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     fields: dict[str, schema.FormValue] = {}
     if ctype == "application/json":
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise ValidationError("invalidRequest", f"the body is not valid JSON: {exc}",
-                                  parameter="body") from None
+        body = await read_json(request, empty={}, code="invalidRequest")
         if not isinstance(body, dict):
             raise ValidationError("invalidRequest", "the JSON body must be an object of the form "
                                   "fields", parameter="body")
@@ -56,6 +53,8 @@ async def read_form(request: Request) -> dict[str, schema.FormValue]:
                             "application/json"])
     try:
         form = await request.form(max_files=4, max_fields=64)
+    except ReelserveError:  # the body cap (api/guards.py), raised while streaming
+        raise
     except Exception as exc:  # python-multipart parse errors carry no common base class
         raise ValidationError("invalidRequest", f"the multipart form cannot be parsed: {exc}",
                               parameter="body") from None

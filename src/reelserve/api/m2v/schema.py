@@ -202,6 +202,17 @@ def check_form(route: PathRoute, form: Mapping[str, FormValue]) -> None:
             )
 
 
+MAX_IMAGE_PIXELS = 40_000_000
+"""Largest image (width x height) decoded: a small file can declare 30000x30000 in its header."""
+
+
+def _too_many_pixels(field: str, width: int | None, height: int | None) -> MediaError:
+    size = f"{width}x{height} px" if width is not None else "more pixels than Pillow will open"
+    return MediaError(
+        "invalidImageDimensions", f"{field} declares {size}; the largest image accepted is "
+        f"{MAX_IMAGE_PIXELS} pixels (width x height)", parameter=field)
+
+
 def check_image(data: bytes, field: str) -> tuple[str, int, int]:
     """Apply the 302 image rules; returns ``(content_type, width, height)``.
 
@@ -221,8 +232,13 @@ def check_image(data: bytes, field: str) -> tuple[str, int, int]:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or "unknown"
             width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise _too_many_pixels(field, width, height)
             if fmt in IMAGE_FORMATS:
                 img.verify()
+    except Image.DecompressionBombError:
+        # A header declaring a gigantic image (Pillow refuses it before we read the size).
+        raise _too_many_pixels(field, None, None) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise MediaError(
             "invalidImageFormat",

@@ -7,7 +7,6 @@ the other whatever order the routers are mounted in.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,8 @@ from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_conver
 from starlette.datastructures import UploadFile
 
 from reelserve.api.dialect import Dialect
-from reelserve.api.media import ensure_cover
+from reelserve.api.guards import parse_int, read_json
+from reelserve.api.media import NOSNIFF, ensure_cover
 from reelserve.api.openai import schema
 from reelserve.api.serving import dialect_route
 from reelserve.delivery.storage import delete_output
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from reelserve.jobs.store import JobStore
 
 MAX_LIMIT = 100
+REFERENCE_URL_FIELD = "input_reference[image_url]"
+"""The form field of an image URL reference (the SDKs' multipart form of ``input_reference:
+{"image_url": ...}``; JSON bodies send the object itself)."""
 DELETE_WAIT = 10.0
 """Seconds DELETE waits for a running job to stop before removing it anyway."""
 
@@ -117,6 +120,8 @@ def openai_router(serving: Serving) -> APIRouter:
         if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
             try:
                 form = await request.form(max_files=2, max_fields=32)
+            except ReelserveError:  # the body cap (api/guards.py), raised while streaming
+                raise
             except Exception as exc:  # python-multipart errors share no base class
                 raise ValidationError("invalidRequest", f"the form cannot be parsed: {exc}",
                                       parameter="body") from None
@@ -131,6 +136,9 @@ def openai_router(serving: Serving) -> APIRouter:
                                                   parameter=key)
                         data = await value.read()
                         reference = await run_in_threadpool(service.store_reference, data, owner)
+                    elif key == REFERENCE_URL_FIELD:
+                        # How the SDKs put {"image_url": ...} in a form (Python and Node alike)
+                        body["input_reference"] = {"image_url": value}
                     else:
                         body[key] = value
             finally:
@@ -138,11 +146,7 @@ def openai_router(serving: Serving) -> APIRouter:
             if reference is None and body.get("input_reference"):
                 reference = schema.reference_value(body.pop("input_reference"))
             return body, reference
-        try:
-            parsed = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise ValidationError("invalidRequest", f"the body is not valid JSON: {exc}",
-                                  parameter="body") from None
+        parsed = await read_json(request, empty={}, code="invalidRequest")
         if not isinstance(parsed, dict):
             raise ValidationError("invalidRequest", "the body must be a JSON object",
                                   parameter="body")
@@ -160,16 +164,13 @@ def openai_router(serving: Serving) -> APIRouter:
     @router.get("/v1/videos", summary="List videos")
     async def listing(request: Request) -> JSONResponse:
         owner = await run_in_threadpool(service.owner, request)
-        raw = request.query_params.get("limit") or "20"
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-            raise ValidationError("invalidLimit", f"limit must be an integer from 1 to "
-                                  f"{MAX_LIMIT}, got {raw!r:.40}", parameter="limit")
+        limit = parse_int(request.query_params.get("limit"), name="limit", minimum=1,
+                          maximum=MAX_LIMIT, default=20, code="invalidLimit")
         order = request.query_params.get("order") or "desc"
         if order != "desc":
             raise ValidationError("invalidOrder", f"order {order!r:.20} is not supported; "
                                   "allowed: desc (newest first)", parameter="order",
                                   allowed_values=["desc"])
-        limit = int(raw)
         after = request.query_params.get("after") or None
         jobs, more = await run_in_threadpool(_videos_after, services.store, owner, limit, after)
         page = await run_in_threadpool(lambda: [service.render(j) for j in jobs])
@@ -207,7 +208,7 @@ def openai_router(serving: Serving) -> APIRouter:
         if path is None or not path.exists():
             raise NotFoundError("contentNotFound", f"the content of video {video_id!r} is "
                                 "no longer stored", parameter="video_id")
-        return FileResponse(path, media_type=media_type)
+        return FileResponse(path, media_type=media_type, headers=NOSNIFF)
 
     @router.delete("/v1/videos/{video_id:video_id}", summary="Delete a video")
     async def delete(video_id: str, request: Request) -> JSONResponse:

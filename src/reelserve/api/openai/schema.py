@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reelserve.api.fields import FieldTable
+from reelserve.api.guards import ascii_int
 from reelserve.errors import CANCELLED_CODE, ErrorKind, ReelserveError, ValidationError
 from reelserve.tasks import FrameImageInput, Job, JobStatus, TaskRequest
 
@@ -65,11 +66,13 @@ def _seconds(text: str | None) -> float | None:
 def _size(text: str | None) -> tuple[int | None, int | None]:
     if text is None:
         return None, None
-    width, sep, height = text.lower().partition("x")
-    if not sep or not width.strip().isdigit() or not height.strip().isdigit():
+    raw_w, sep, raw_h = text.lower().partition("x")
+    # ASCII digits only: "²" passes str.isdigit() but not int().
+    width, height = ascii_int(raw_w.strip(), max_digits=6), ascii_int(raw_h.strip(), max_digits=6)
+    if not sep or width is None or height is None:
         raise ValidationError("invalidDimensions", f"size must be WIDTHxHEIGHT such as "
                               f"'1280x720', got {text!r:.60}", parameter="size")
-    return int(width), int(height)
+    return width, height
 
 
 def reference_value(value: Any) -> str | None:

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from reelserve.api.runware import render
 from reelserve.api.runware.schema import check_task_uuid
+from reelserve.api.serving import retry_after
 from reelserve.delivery.storage import OUTPUTS, UPLOADS
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
 from reelserve.tasks import DeliveryMethod, Job, JobStatus
@@ -32,12 +33,22 @@ class Reply:
     push: list[str] = field(default_factory=list)
     """taskUUIDs of accepted ``deliveryMethod: "sync"`` tasks this reply did not wait for: a
     transport that pushes results (WebSocket) watches them instead of sending the ACK."""
+    retry_after: int | None = None
+    """Seconds until a task refused by a per-key limit would be admitted (REST:
+    ``Retry-After``), the longest of the batch; None when no task was."""
+
+    taken: list[tuple[str, list[int]]] = field(default_factory=list)
+    """``(job id, result indexes)`` this reply took from the store (marked delivered): a
+    transport whose answer does not reach the client hands them back with :meth:`give_back`."""
 
     def extend(self, other: Reply) -> None:
         """Append another reply's items."""
         self.data.extend(other.data)
         self.errors.extend(other.errors)
         self.push.extend(other.push)
+        self.taken.extend(other.taken)
+        if other.retry_after is not None:
+            self.retry_after = max(self.retry_after or 0, other.retry_after)
 
 
 def _task_uuid(task: dict[str, Any]) -> str:
@@ -94,7 +105,8 @@ class RunwareHandler:
         except ReelserveError as exc:
             return Reply(errors=[render.error_item(
                 exc, task_type=task_type if isinstance(task_type, str) else None,
-                task_uuid=task_uuid if isinstance(task_uuid, str) else None)])
+                task_uuid=task_uuid if isinstance(task_uuid, str) else None)],
+                retry_after=retry_after(exc))
 
     # ------------------------------------------------------------------ tasks
 
@@ -138,11 +150,21 @@ class RunwareHandler:
 
     def _deliver_terminal(self, job: Job, with_status: bool) -> Reply:
         results = self.services.store.take_undelivered(job.id)
-        return Reply(
-            data=[render.result_item(job, r, self.serving, with_status=with_status)
-                  for r in results],
-            errors=render.job_errors(job),
-        )
+        taken = [(job.id, [r.index for r in results])] if results else []
+        try:
+            data = [render.result_item(job, r, self.serving, with_status=with_status)
+                    for r in results]
+        except BaseException:  # rendering failed: the results were never handed out
+            self.give_back(Reply(taken=taken))
+            raise
+        return Reply(data=data, errors=render.job_errors(job), taken=taken)
+
+    def give_back(self, reply: Reply) -> None:
+        """The answer carrying ``reply`` never reached its client: mark the results it took
+        undelivered again, so the next ``getResponse`` hands them out (blocking: a thread)."""
+        for job_id, indexes in reply.taken:
+            self.services.store.return_undelivered(job_id, indexes)
+        reply.taken = []
 
     async def _get_response(self, task: dict[str, Any], owner: str, wait_sync: bool) -> Reply:
         task_uuid = _task_uuid(task)
@@ -178,6 +200,11 @@ class RunwareHandler:
         offset = task.get("offset", 0)
         search_models = _search_models()
         result = await run_in_threadpool(search_models, search, limit, offset)
+        # Per result, what renders each workflow here and what it supports (api/models.py).
+        view = await run_in_threadpool(self.serving.availability.view)
+        for model in result.get("results", []):
+            model["serving"] = self.serving.availability.describe(
+                model["air"], model.get("workflows", []), view)
         item: dict[str, Any] = {"taskType": "modelSearch"}
         if isinstance(task.get("taskUUID"), str):
             item["taskUUID"] = task["taskUUID"]

@@ -88,14 +88,24 @@ def job_errors(job: Job) -> list[dict[str, Any]]:
 
 
 def job_response(job: Job, serving: Serving) -> dict[str, Any]:
-    """The whole response of a job (every result, delivered or not): for getTaskDetails."""
+    """The whole response of a job (every result, delivered or not): for getTaskDetails.
+
+    A result whose content was checked also tells the check's cost (``safetySeconds``): task
+    details only, a getResponse item stays the wire's own shape."""
     if not job.status.is_terminal:
         return {"data": [processing_item(job)]}
-    out: dict[str, Any] = {"data": [result_item(job, r, serving) for r in job.results]}
+    out: dict[str, Any] = {"data": [_detailed(result_item(job, r, serving), r)
+                                    for r in job.results]}
     errors = job_errors(job)
     if errors:
         out["errors"] = errors
     return out
+
+
+def _detailed(item: dict[str, Any], result: Result) -> dict[str, Any]:
+    if result.safety_seconds is not None:
+        item["safetySeconds"] = result.safety_seconds
+    return item
 
 
 _DELIVERY_TYPES = {"webhook": "webhookURL", "upload": "uploadEndpoint", "status": "statusCallback"}

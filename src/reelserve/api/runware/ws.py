@@ -16,8 +16,10 @@ only delivery differs (PROTOCOLS.md §1.2, docs/sdk-compat.md):
   sent (the client dropped, or was too slow) are kept ``ws_resume_seconds`` and sent after the
   client re-authenticates with that UUID. A sync task whose session expired leaves its results in
   the job store, where ``getResponse`` still finds them.
-* Limits per connection: frame size (``max_body_bytes``, as for REST), tasks in flight
-  (``ws_max_in_flight``), an outgoing queue (``ws_send_queue`` frames; a client that cannot keep
+* Limits: open sockets per process (``ws_max_connections``, refused at the handshake); per
+  connection: frame size (``max_body_bytes``, as for REST), tasks per frame
+  (``max_tasks_per_request``, as for REST), tasks in flight (``ws_max_in_flight``, counted per
+  socket and per session, so authenticating again does not reset it), an outgoing queue (``ws_send_queue`` frames; a client that cannot keep
   up is disconnected and its frames kept for resume) and ``ws_idle_timeout`` without a message.
 
 Sessions live in this process's memory: with several API processes behind one address, route a
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import time
@@ -40,8 +43,10 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from reelserve.api.auth import authenticate
+from reelserve.api.auth import authenticate, client_address
+from reelserve.api.guards import parse_json_async
 from reelserve.api.runware import render
+from reelserve.api.runware.rest import check_task_count
 from reelserve.errors import (
     AuthError,
     ErrorKind,
@@ -60,8 +65,6 @@ log = logging.getLogger(__name__)
 AUTH_TASK = "authentication"
 PING_TASK = "ping"
 
-# Frames up to this size are parsed/serialised on the event loop; bigger ones in a thread.
-_INLINE_JSON_BYTES = 256 * 1024
 # A send that makes no progress for this long means a dead peer: drop it, keep its frames.
 _SEND_TIMEOUT = 30.0
 # Sync delivery: how often a running job is looked at, and the least gap between progress pushes.
@@ -180,21 +183,40 @@ class Session:
 
 
 class SessionRegistry:
-    """Sessions of this process, with expiry of detached ones."""
+    """Sessions of this process, with expiry of detached ones.
+
+    Expiry uses a heap of ``(deadline, uuid)`` pushed at each detach, so :meth:`purge` costs
+    O(expired * log n), not a scan of every session (one frame of 10,000 ``authentication``
+    tasks once blocked the event loop for 89 s that way). A heap entry whose session was
+    re-attached (or detached again later) is stale and skipped.
+    """
 
     def __init__(self, resume_seconds: float, max_pending: int) -> None:
         self.resume_seconds = resume_seconds
         self.max_pending = max_pending
         self._sessions: dict[str, Session] = {}
+        self._deadlines: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def purge(self) -> None:
         """Forget sessions detached for longer than ``resume_seconds``."""
         now = time.monotonic()
-        for key, session in list(self._sessions.items()):
-            if session.detached_at is not None and now - session.detached_at > self.resume_seconds:
-                session.expired = True
-                session.pending.clear()
-                del self._sessions[key]
+        heap = self._deadlines
+        while heap and heap[0][0] < now:
+            _, key = heapq.heappop(heap)
+            session = self._sessions.get(key)
+            if session is None or session.detached_at is None or (
+                now - session.detached_at <= self.resume_seconds
+            ):
+                continue  # attached again, or detached again later (a newer entry exists)
+            self._forget(session)
+
+    def _forget(self, session: Session) -> None:
+        session.expired = True
+        session.pending.clear()
+        self._sessions.pop(session.uuid, None)
 
     def attach(self, requested: Any, owner: str, conn: _Connection) -> Session:
         """The session to use: the requested one when it exists, is live and has this owner,
@@ -219,7 +241,17 @@ class SessionRegistry:
             session.pending.extendleft(reversed(conn.drain()))
             session.connection = None
             session.detached_at = time.monotonic()
+            heapq.heappush(self._deadlines,
+                           (session.detached_at + self.resume_seconds, session.uuid))
         self.purge()
+
+    def replace(self, session: Session, conn: _Connection) -> None:
+        """The socket authenticates again: its old session is detached, and forgotten at once
+        when nothing of it can still arrive (no frames kept, no task running), so re-auth
+        frames cannot pile up sessions."""
+        self.detach(session, conn)
+        if session.connection is None and not session.pending and not session.tasks:
+            self._forget(session)
 
 
 # ================================================================================================
@@ -274,9 +306,28 @@ class RunwareWebSocket:
         self.handler = handler
         self.sessions = SessionRegistry(self.settings.ws_resume_seconds,
                                         self.settings.ws_send_queue)
+        self.open_sockets = 0
+        self._refusing = False
 
     async def serve(self, websocket: WebSocket) -> None:
-        """The lifetime of one socket."""
+        """The lifetime of one socket (refused at the handshake over ``ws_max_connections``)."""
+        if self.open_sockets >= self.settings.ws_max_connections:
+            # Closing before accepting answers the handshake with 403: each open socket holds
+            # a file descriptor and buffers, so their number is bounded per process.
+            if not self._refusing:  # one line per episode, not one per refused socket
+                log.warning("ws: %d sockets open, refusing more (REELSERVE_WS_MAX_CONNECTIONS)",
+                            self.open_sockets)
+            self._refusing = True
+            await websocket.close(_CLOSE_TRY_AGAIN)
+            return
+        self._refusing = False
+        self.open_sockets += 1
+        try:
+            await self._serve(websocket)
+        finally:
+            self.open_sockets -= 1
+
+    async def _serve(self, websocket: WebSocket) -> None:
         await websocket.accept()
         conn = _Connection(websocket, self.settings.ws_send_queue)
         sender = asyncio.create_task(conn.run_sender())
@@ -332,14 +383,10 @@ class RunwareWebSocket:
             await self._too_large(raw, cap, conn)
             return
         try:
-            if len(raw) > _INLINE_JSON_BYTES:
-                tasks: Any = await run_in_threadpool(json.loads, raw)
-            else:
-                tasks = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            await self._send_now(conn, _errors_frame({
-                **ValidationError("invalidJson", f"the frame is not valid JSON: {exc}",
-                                  parameter="frame").to_dict(), "taskType": None, "taskUUID": None}))
+            tasks: Any = await parse_json_async(raw, parameter="frame", what="the frame")
+        except ReelserveError as exc:
+            await self._send_now(conn, _errors_frame(
+                {**exc.to_dict(), "taskType": None, "taskUUID": None}))
             return
         if isinstance(tasks, dict):  # tolerate a bare task object
             tasks = [tasks]
@@ -348,6 +395,12 @@ class RunwareWebSocket:
                 **ValidationError("invalidRequestBody", "a frame must be a JSON array of task "
                                   f"objects, got a JSON {type(tasks).__name__}",
                                   parameter="frame").to_dict(), "taskType": None, "taskUUID": None}))
+            return
+        try:
+            check_task_count(tasks, self.settings.max_tasks_per_request, parameter="frame")
+        except ReelserveError as exc:  # one refusal for the whole frame; nothing of it runs
+            await self._send_now(conn, _errors_frame(
+                {**exc.to_dict(), "taskType": None, "taskUUID": None}))
             return
         failed_auth: ReelserveError | None = None
         for task in tasks:
@@ -367,9 +420,12 @@ class RunwareWebSocket:
                 await self._send_now(conn, _errors_frame(
                     render.error_item(error, task_type=task_type, task_uuid=task_uuid)))
                 continue
-            if session.in_flight >= self.settings.ws_max_in_flight:
+            # Counted per socket and per session: neither authenticating again (a new session
+            # on this socket) nor resuming the session on a new socket starts from zero.
+            running = max(state.in_flight, session.in_flight)
+            if running >= self.settings.ws_max_in_flight:
                 error = RateLimitError(
-                    "rateLimitExceeded", f"this connection already has {session.in_flight} tasks "
+                    "rateLimitExceeded", f"this connection already has {running} tasks "
                     f"in flight; the limit is {self.settings.ws_max_in_flight} "
                     "(REELSERVE_WS_MAX_IN_FLIGHT): wait for results before sending more",
                     parameter="taskUUID")
@@ -377,7 +433,8 @@ class RunwareWebSocket:
                     render.error_item(error, task_type=task_type, task_uuid=task_uuid))))
                 continue
             session.in_flight += 1
-            session.spawn(self._run_task(task, session))
+            state.in_flight += 1
+            session.spawn(self._run_task(task, session, state))
 
     async def _too_large(self, raw: str | bytes, cap: int, conn: _Connection) -> None:
         """Refuse an oversized frame, naming each of its tasks when the JSON can be read."""
@@ -397,7 +454,7 @@ class RunwareWebSocket:
     async def _authenticate(self, task: dict[str, Any], conn: _Connection,
                             state: _State) -> ReelserveError | None:
         api_key = task.get("apiKey")
-        client = conn.websocket.client.host if conn.websocket.client else None
+        client = client_address(self.settings, conn.websocket.scope)
         try:
             owner = authenticate(self.settings, api_key if isinstance(api_key, str) else None,
                                  client)
@@ -407,7 +464,7 @@ class RunwareWebSocket:
             await self._send_now(conn, _errors_frame({**exc.to_dict(), "taskType": AUTH_TASK}))
             return exc
         if state.session is not None and state.session.connection is conn:
-            self.sessions.detach(state.session, conn)
+            self.sessions.replace(state.session, conn)
         session = self.sessions.attach(task.get("connectionSessionUUID"), owner, conn)
         state.session = session
         await self._send_now(conn, {"data": [{"taskType": AUTH_TASK,
@@ -417,7 +474,7 @@ class RunwareWebSocket:
 
     # --------------------------------------------------------------------- tasks
 
-    async def _run_task(self, task: Any, session: Session) -> None:
+    async def _run_task(self, task: Any, session: Session, state: _State) -> None:
         try:
             reply = await self.handler.handle_one(task, session.owner, wait_sync=False)
             if reply.push and not reply.errors:
@@ -436,6 +493,7 @@ class RunwareWebSocket:
                 render.error_item(error, task_type=task_type, task_uuid=task_uuid))))
         finally:
             session.in_flight -= 1
+            state.in_flight -= 1
 
     async def _watch(self, task_uuid: str, session: Session) -> None:
         """Push a sync task's progress, then each result once, then its error if it failed."""
@@ -489,6 +547,7 @@ class _State:
 
     def __init__(self) -> None:
         self.session: Session | None = None
+        self.in_flight = 0  # tasks of this socket still running, whatever session they joined
 
 
 def runware_ws_router(serving: Serving, handler: RunwareHandler) -> APIRouter:

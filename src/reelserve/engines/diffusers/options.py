@@ -319,10 +319,23 @@ def load_static_loras(pipe: Any, loras: Sequence[LoraOption], prefix: str = "sta
 
 
 def quantize_weights(pipe: Any, kind: str, device: str) -> None:
-    """Weight-only quantization of the transformer(s) with torchao (``int8`` or ``fp8``)."""
+    """Weight-only quantization of the transformer(s) with torchao (``int8`` or ``fp8``).
+
+    Raises:
+        EngineError: ``invalidProfile`` when ``fp8`` is asked for on a device without fp8
+            support (any non-CUDA device, or a CUDA GPU below compute capability 8.9), or when
+            torchao is missing.
+    """
     import torch
 
-    if kind == "fp8" and device.startswith("cuda"):
+    if kind == "fp8":
+        # torchao would run fp8 weights on the CPU too, but only by dequantizing every weight on
+        # every call: slower than plain weights, so a profile asking for fp8 there is a mistake.
+        if not device.startswith("cuda"):
+            raise EngineError(
+                "invalidProfile", f"quantize = 'fp8' needs a CUDA GPU with compute capability 8.9 "
+                f"or more (Ada, Hopper); device {device!r} has none; use 'int8'",
+                parameter="profiles", kind=ErrorKind.UNAVAILABLE)
         major, minor = torch.cuda.get_device_capability(torch.device(device))
         if (major, minor) < (8, 9):
             raise EngineError(
