@@ -52,11 +52,11 @@ def _serve(args: argparse.Namespace) -> int:
                             # Forwarded headers are believed only from REELSERVE_TRUSTED_PROXIES
                             # (api/auth.py client_address), never by uvicorn's own default.
                             proxy_headers=False)
-    _draining_server_class()(config).run()
+    _draining_server_class(app)(config).run()
     return 0
 
 
-def _draining_server_class() -> Any:
+def _draining_server_class(app: Any) -> Any:
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -68,7 +68,7 @@ def _draining_server_class() -> Any:
         """
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            stop_claiming = getattr(self.config.app.state, "stop_claiming", None)
+            stop_claiming = getattr(app.state, "stop_claiming", None)
             if stop_claiming is not None:
                 stop_claiming()
             super().handle_exit(sig, frame)

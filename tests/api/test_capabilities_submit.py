@@ -137,8 +137,11 @@ def test_safety_check_without_a_checker_is_refused_at_submit(preview: ServerProc
     asked = {"safety": {"checkContent": True, "mode": "fast"}}
     with httpx.Client(base_url=preview.url, timeout=30) as http:
         error = _refused(runware(http, [_task(**asked)]))
+        # A sync request is refused the same way, before any waiting.
+        sync = _refused(runware(http, [_task(deliveryMethod="sync", **asked)]))
     assert (error["code"], error["parameter"]) == ("unsupportedSafetyCheck", "safety.checkContent")
     assert "REELSERVE_SAFETY_MODEL" in error["message"] and error["allowedValues"] == [False]
+    assert sync["code"] == "unsupportedSafetyCheck"
     ws = _ws_refusal(preview, _task(**asked))
     assert (ws["code"], ws["parameter"]) == ("unsupportedSafetyCheck", "safety.checkContent")
 

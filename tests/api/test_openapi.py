@@ -149,6 +149,13 @@ def test_schemathesis_finds_nothing(openapi_server: ServerProcess) -> None:
     schema = schemathesis.openapi.from_url(f"{openapi_server.url}/openapi.json")
     checks = [not_a_server_error, status_code_conformance, content_type_conformance,
               response_schema_conformance, unsupported_method, allow_matches_schema]
+
+    def checks_for(label: str) -> list[Any]:
+        # /ready's documented 503 is its answer here (no worker renders for this server), not
+        # a server error; every other check still applies to it.
+        return [c for c in checks if c is not not_a_server_error] if label == "GET /ready" \
+            else checks
+
     failures: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
@@ -164,7 +171,7 @@ def test_schemathesis_finds_nothing(openapi_server: ServerProcess) -> None:
                       phases=[Phase.explicit, Phase.generate],
                       suppress_health_check=list(HealthCheck))
             def run(case: Any) -> None:
-                case.call_and_validate(checks=checks)
+                case.call_and_validate(checks=checks_for(case.operation.label))
 
             try:
                 run()

@@ -142,7 +142,11 @@ def test_worker_backs_off_on_a_full_disk_then_finishes(
         task = _video()
         with httpx.Client(base_url=srv.url, timeout=60.0) as http:
             assert runware(http, [task]).status_code == 200
-            time.sleep(8.0)  # rendered, refused by the disk, retried with backoff (1, 2, 4 s)
+            # Rendered, refused by the disk, handed back; then retried with backoff (1, 2, 4 s).
+            deadline = time.monotonic() + 120
+            while "insufficientStorage" not in srv.log() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(8.0)
             with contextlib.closing(sqlite3.connect(data_dir / "reelserve.db")) as conn:
                 status, attempts, error = conn.execute(
                     "SELECT status, attempts, error FROM jobs WHERE task_uuid = ?",

@@ -287,6 +287,8 @@ def _kling_body(kind: str) -> dict[str, Any]:
         "duration": {"enum": ["5", "10"]}, "aspect_ratio": {"enum": ["16:9", "9:16", "1:1"]},
         "camera_control": {"type": "object"}, "callback_url": {"type": "string", "format": "uri"},
         "external_task_id": {"type": "string"},
+        "sound": {"enum": ["on", "off"], "description": "generate audio (refused at submit "
+                  "when the engine of the model has none: unsupportedSound)"},
     }
     if kind == "image2video":
         props["image"] = {"type": "string", "description": "URL or base64"}

@@ -192,8 +192,9 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_owner_status;
     CREATE INDEX jobs_status_updated ON jobs (status, updated_at);
     """,
-    # 6: how often a job's worker vanished (its lease expired and another claim took the job
-    # over), budgeted apart from its failures, so restarts do not use up its retries
+    # 3 (as SQLite's 6): how often a job's worker vanished (its lease expired and another
+    # claim took the job over), budgeted apart from its failures, so restarts do not use up
+    # its retries
     """
     ALTER TABLE jobs ADD COLUMN losses INTEGER NOT NULL DEFAULT 0;
     """,
