@@ -20,9 +20,11 @@ Where the full-size numbers come from (diffusers 0.42.1 as installed; no interne
   transformer_ltx2.py): 48 layers, 32 heads x 128 (video, 4096 wide), 32 heads x 64 (audio, 2048
   wide), 128 latent channels each, caption_channels 3840. The tiny test pipeline's
   ``rope_type="split"``/``rope_double_precision=False`` are NOT used here; the class defaults are.
-- video VAE: ``AutoencoderKLLTX2Video.__init__`` defaults (32x spatial, 8x temporal, 128 channels).
+- video VAE: ``AutoencoderKLLTX2Video.__init__`` defaults (128 latent channels), with the
+  compression ratios set to 32 / 8 explicitly (see ``VIDEO_VAE`` for why).
 - audio VAE: ``AutoencoderKLLTX2Audio.__init__`` defaults (16 kHz, hop 160, 64 mel bins, 8 latent
-  channels: 8 x 64/4 = 128 = the transformer's audio_in_channels).
+  channels: 8 x 64/4 = 128 = the transformer's audio_in_channels = base_channels, the width of
+  its latent statistics).
 - vocoder: ``LTX2Vocoder.__init__`` defaults (pipelines/ltx2/vocoder.py): hidden 1024, upsampling
   6x5x2x2x2 = 240 = 24000 Hz / (16000 Hz / 160 hop), stereo 24 kHz out.
 - connectors: ``LTX2TextConnectors.__init__`` defaults (pipelines/ltx2/connectors.py): 30 heads x
@@ -75,7 +77,11 @@ TRANSFORMER = dict(
     audio_num_attention_heads=32, audio_attention_head_dim=64, audio_cross_attention_dim=2048,
     num_layers=48, caption_channels=3840,
 )
-VIDEO_VAE: dict[str, Any] = {}  # AutoencoderKLLTX2Video's defaults are the released VAE
+# AutoencoderKLLTX2Video's defaults, except the compression ratios: left at None, the class derives
+# 4 x 2**4 = 64 and 2**4 = 16 from its four scaling blocks, while its decoder actually upsamples
+# 32x / 8x, the pipeline's fallbacks (pipeline_ltx2.py) and the transformer's
+# vae_scale_factors=(8, 32, 32) say 32 / 8. Unset, the pipeline plans half the frames and size.
+VIDEO_VAE: dict[str, Any] = dict(spatial_compression_ratio=32, temporal_compression_ratio=8)
 AUDIO_VAE = dict(base_channels=128, ch_mult=(1, 2, 4), num_res_blocks=2, latent_channels=8,
                  mel_bins=64, sample_rate=16000, mel_hop_length=160)
 VOCODER = dict(in_channels=128, hidden_channels=1024, upsample_factors=[6, 5, 2, 2, 2],
@@ -93,15 +99,18 @@ VISION_STUB = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, nu
                    image_size=32, patch_size=8)
 
 # --small: the same architectures (same compression factors, same 24 kHz audio chain), shrunk
-# in width and depth until a 2-core CPU renders the 5 s clip at 64x64 in about a minute.
+# in width and depth until a 2-core CPU renders the 5 s clip at 128x128 in about a minute.
 SMALL_TRANSFORMER = {**TRANSFORMER, "num_attention_heads": 2, "attention_head_dim": 16,
                      "cross_attention_dim": 32, "audio_num_attention_heads": 2,
                      "audio_attention_head_dim": 8, "audio_cross_attention_dim": 16, "num_layers": 2,
-                     "caption_channels": 32}
-SMALL_VIDEO_VAE = dict(block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+                     "caption_channels": 32, "audio_in_channels": 8, "audio_out_channels": 8}
+SMALL_VIDEO_VAE = dict(**VIDEO_VAE, block_out_channels=(8, 16, 32, 64), decoder_block_out_channels=(8, 16, 32),
                        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1))
-SMALL_AUDIO_VAE = {**AUDIO_VAE, "base_channels": 8, "num_res_blocks": 1}
-SMALL_VOCODER = {**VOCODER, "hidden_channels": 32}
+# The audio VAE's latent statistics are ``base_channels`` wide and must match the packed latent
+# (latent_channels x mel_bins / 4): 2 x 16 / 4 = 8; the vocoder reads 2 x 16 mel channels.
+SMALL_AUDIO_VAE = {**AUDIO_VAE, "base_channels": 8, "num_res_blocks": 1, "latent_channels": 2,
+                   "mel_bins": 16}
+SMALL_VOCODER = {**VOCODER, "hidden_channels": 32, "in_channels": 32}
 SMALL_CONNECTORS = {**CONNECTORS, "caption_channels": 32, "text_proj_in_factor": 3,
                     "video_connector_num_attention_heads": 4, "video_connector_attention_head_dim": 8,
                     "audio_connector_num_attention_heads": 4, "audio_connector_attention_head_dim": 8}
@@ -322,7 +331,7 @@ def run_plain(pipe: Any, job: Job, frames: int, device: str, steps: int | None =
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="shrunk models at 64x64 on the CPU")
+    parser.add_argument("--small", action="store_true", help="shrunk models at 128x128 on the CPU")
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps (default 10 on a GPU, 3 with --small; LTX-2's own "
                         "default is 30, the per-step time projects to it)")
@@ -337,7 +346,7 @@ def main() -> None:
         parser.error("the full-size run needs a CUDA GPU; use --small on the CPU")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     steps = args.steps or (3 if args.small else 10)
-    job = Job(64, 64, 5.0, 24, steps) if args.small else Job(1280, 704, 5.0, 24, steps)
+    job = Job(128, 128, 5.0, 24, steps) if args.small else Job(1280, 704, 5.0, 24, steps)
     reps = args.reps or (2 if args.small else 1)
     import diffusers
 

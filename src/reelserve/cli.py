@@ -93,7 +93,8 @@ def _worker(args: argparse.Namespace) -> int:
         raise ValidationError("invalidGpus", "--gpus-per-worker needs --gpus (the GPUs to group)",
                               parameter="--gpus-per-worker")
     if args.gpus is not None or args.processes is not None:
-        from reelserve.worker.executors import gpu_slots, process_slots, run_supervised
+        from reelserve.worker.executors import run_supervised
+        from reelserve.worker.slots import gpu_slots, process_slots
 
         slots = (gpu_slots(args.gpus, args.gpus_per_worker) if args.gpus is not None
                  else process_slots(args.processes))

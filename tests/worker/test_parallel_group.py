@@ -34,8 +34,8 @@ from reelserve.engines.diffusers.parallel import fit_tokens, tokens
 from reelserve.engines.diffusers.profiles import ProfileSet
 from reelserve.errors import EngineError, ValidationError
 from reelserve.settings import Settings
-from reelserve.worker.executors import ProcessExecutor, WorkerSlot, gpu_slots
-from reelserve.worker.group import plan_groups
+from reelserve.worker.executors import ProcessExecutor
+from reelserve.worker.slots import WorkerSlot, gpu_slots, plan_groups
 from reelserve_testing import TESTS_DIR, ServerFactory, poll_results, runware
 
 # ------------------------------------------------------------------ the `parallel` key

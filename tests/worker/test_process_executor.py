@@ -29,13 +29,8 @@ import pytest
 
 from reelserve.errors import ValidationError
 from reelserve.settings import Settings
-from reelserve.worker.executors import (
-    ProcessExecutor,
-    WorkerSlot,
-    gpu_slots,
-    process_slots,
-    settings_environ,
-)
+from reelserve.worker.executors import ProcessExecutor, settings_environ
+from reelserve.worker.slots import WorkerSlot, gpu_slots, process_slots
 from reelserve_testing import TESTS_DIR, ServerFactory, poll_results, runware
 
 T = TypeVar("T")

@@ -271,16 +271,13 @@ class ClientGuardMiddleware:
         if refusal is None:
             await self.app(scope, receive, send)
             return
-        from reelserve.api.serving import error_response_for
+        from reelserve.api.serving import error_response_for  # lazy: no import cycle via signing
 
         if scope["type"] == "websocket":
             # Closing before accepting answers the handshake with 403.
             await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
             return
-        response = error_response_for(scope, refusal)
-        if refusal.code == "unsupportedMediaType":
-            response.status_code = 415
-        await response(scope, receive, send)
+        await error_response_for(scope, refusal)(scope, receive, send)
 
     def check(self, scope: Scope) -> ReelserveError | None:
         """The refusal of a request, or None when it may pass."""
@@ -306,8 +303,10 @@ class ClientGuardMiddleware:
             return None
         ctype = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
         if ctype and ctype not in _BODY_TYPES and not ctype.endswith("+json"):
+            from reelserve.api.serving import UNSUPPORTED_MEDIA_CODE
+
             return ReelserveError(
-                "unsupportedMediaType", f"Content-Type {ctype[:60]!r} is not accepted; send "
+                UNSUPPORTED_MEDIA_CODE, f"Content-Type {ctype[:60]!r} is not accepted; send "
                 "application/json (or a form where a route takes files)",
                 parameter="Content-Type", allowed_values=sorted(_BODY_TYPES))
         return None

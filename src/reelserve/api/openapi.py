@@ -352,7 +352,7 @@ def _errors(envelope: str, statuses: Iterable[int]) -> dict[str, Any]:
     return out
 
 
-_SUBMIT = (400, 401, 403, 404, 409, 413, 429, 503, 507)
+_SUBMIT = (400, 401, 403, 404, 409, 413, 415, 429, 503, 507)  # 415: api/guards.py
 _READ = (400, 401, 403, 404, 503)
 
 

@@ -259,13 +259,18 @@ def with_retry_after(response: Response, exc: ReelserveError) -> Response:
     return response
 
 
-def dialect_route(render_error: ErrorRenderer) -> type[APIRoute]:
+def dialect_route(render_error: ErrorRenderer, *,
+                  unsupported_media_status: int = 415) -> type[APIRoute]:
     """An ``APIRoute`` class whose routes answer any :class:`ReelserveError` they raise with
-    ``render_error`` (the dialect's envelope). Pass it as ``APIRouter(route_class=...)``."""
+    ``render_error`` (the dialect's envelope). Pass it as ``APIRouter(route_class=...)``.
+
+    ``unsupported_media_status``: the HTTP status of a body type no route speaks
+    (``unsupportedMediaType``, refused before routing by :mod:`reelserve.api.guards`)."""
 
     class DialectRoute(APIRoute):
         # Read by error_response_for: refusals made before the route runs (middleware).
         error_renderer: ClassVar[ErrorRenderer] = staticmethod(render_error)  # type: ignore[misc]
+        media_type_status: ClassVar[int] = unsupported_media_status
 
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
@@ -288,16 +293,24 @@ def error_response_for(scope: Scope, exc: ReelserveError) -> Response:
     For refusals made before any route runs (the client guard middleware)."""
     state = getattr(scope.get("app"), "state", None)
     routes: Sequence[BaseRoute] = getattr(state, "dialect_routes", ())  # set by create_app
-    partial: ErrorRenderer | None = None
+    found: BaseRoute | None = None
     for route in routes:
         match, _ = route.matches(scope)
-        renderer = getattr(route, "error_renderer", None)
-        if renderer is None or match is Match.NONE:
+        if getattr(route, "error_renderer", None) is None or match is Match.NONE:
             continue
         if match is Match.FULL:
-            return with_retry_after(cast("Response", renderer(exc)), exc)
-        partial = partial or renderer  # the path matches, another method is routed
-    if partial is not None:
-        return with_retry_after(cast("Response", partial(exc)), exc)
-    return with_retry_after(JSONResponse({"data": [], "errors": [{
-        **exc.to_dict(), "taskType": None, "taskUUID": None}]}, status_code=exc.http_status), exc)
+            found = route
+            break
+        found = found or route  # the path matches, another method is routed
+    if found is None:
+        response: Response = JSONResponse({"data": [], "errors": [{
+            **exc.to_dict(), "taskType": None, "taskUUID": None}]}, status_code=exc.http_status)
+    else:
+        response = cast("Response", found.error_renderer(exc))  # type: ignore[attr-defined]
+    if exc.code == UNSUPPORTED_MEDIA_CODE:
+        response.status_code = getattr(found, "media_type_status", 415)
+    return with_retry_after(response, exc)
+
+
+UNSUPPORTED_MEDIA_CODE = "unsupportedMediaType"
+"""The code of a request body of a type no route speaks (HTTP 415 unless the dialect says)."""

@@ -14,7 +14,7 @@ itself. A job whose child died is claimed again through the store's lease expiry
 crashed worker's job; the supervisor adds no recovery path of its own.
 
 A slot with ``ranks > 1`` is a torch.distributed group (:mod:`reelserve.worker.group`, laid out
-by :func:`~reelserve.worker.group.plan_groups` for profiles that set ``parallel``): one process
+by :func:`~reelserve.worker.slots.plan_groups` for profiles that set ``parallel``): one process
 per rank, all seeing the group's GPUs, started together on a fresh rendezvous port. When any
 rank dies the others are killed (they cannot go on without it) and the whole group is started
 again with the same backoff as a single child.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING
 from reelserve.errors import EngineError, ErrorKind, ReelserveError, ValidationError
 from reelserve.worker.loop import EngineSelector, Worker, error_dict
 from reelserve.worker.readiness import Readiness
+from reelserve.worker.slots import WorkerSlot
 
 if TYPE_CHECKING:
     from reelserve.delivery.storage import ArtifactStore
@@ -238,90 +238,6 @@ def run_standalone(settings: Settings, stop: threading.Event | None = None, *,
 
 
 # ------------------------------------------------------------------ supervised processes
-
-
-@dataclass(frozen=True)
-class WorkerSlot:
-    """One supervised worker process: a label for ids and logs and the GPUs it may see.
-
-    ``devices`` becomes the child's ``CUDA_VISIBLE_DEVICES``; ``None`` leaves the variable as
-    the supervisor has it (``--processes``). ``ranks > 1`` makes the slot a torch.distributed
-    group of that many processes (rank ``r`` renders on the ``r``-th of ``devices``), which
-    splits each video of a ``parallel`` profile over them (:mod:`reelserve.worker.group`).
-    """
-
-    label: str
-    devices: tuple[str, ...] | None = None
-    ranks: int = 1
-
-
-_RANGE = re.compile(r"\d+-\d+")
-_DEVICE = re.compile(r"[A-Za-z0-9_:.\-/]+")
-
-
-def gpu_slots(spec: str, per_worker: int | None = None) -> list[WorkerSlot]:
-    """Parse ``--gpus``: commas separate worker processes, ``+`` joins GPUs of one process.
-
-    ``0,1,2,3`` is four workers with one GPU each; ``0+1,2+3`` is two workers with two GPUs
-    each, as is ``0,1,2,3`` with ``per_worker=2`` (``--gpus-per-worker 2``). A device is what
-    ``CUDA_VISIBLE_DEVICES`` accepts: an index, a ``GPU-<uuid>`` or a ``MIG-<uuid>``.
-
-    Raises:
-        ValidationError: an empty or repeated device, an ``N-M`` range (ambiguous: it is
-            refused with both spellings it may have meant), or ``per_worker`` that does not
-            divide the GPUs given.
-    """
-    groups: list[tuple[str, ...]] = []
-    for part in spec.split(","):
-        devices = tuple(device.strip() for device in part.split("+"))
-        for device in devices:
-            if not device:
-                raise ValidationError(
-                    "invalidGpus", f"--gpus {spec!r} has an empty device; write GPUs as "
-                    "0,1,2,3 (one worker each) or 0+1,2+3 (one worker per group)",
-                    parameter="--gpus")
-            if _RANGE.fullmatch(device):
-                first, _, last = device.partition("-")
-                listed = ",".join(str(i) for i in range(int(first), int(last) + 1))
-                raise ValidationError(
-                    "invalidGpus", f"--gpus {device!r} is ambiguous: write {listed} for one "
-                    f"worker per GPU or {listed.replace(',', '+')} for one worker with all of "
-                    "them", parameter="--gpus")
-            if not _DEVICE.fullmatch(device):
-                raise ValidationError(
-                    "invalidGpus", f"--gpus device {device!r} is not a GPU index, GPU-<uuid> or "
-                    "MIG-<uuid>", parameter="--gpus")
-        groups.append(devices)
-    flat = [device for group in groups for device in group]
-    repeated = sorted({device for device in flat if flat.count(device) > 1})
-    if repeated:
-        raise ValidationError(
-            "invalidGpus", f"--gpus {spec!r} gives GPU {', '.join(repeated)} to more than one "
-            "worker; each GPU belongs to one worker process", parameter="--gpus")
-    if per_worker is not None:
-        if per_worker < 1:
-            raise ValidationError("invalidGpus", f"--gpus-per-worker must be 1 or more, not "
-                                  f"{per_worker}", parameter="--gpus-per-worker")
-        if any(len(group) > 1 for group in groups):
-            raise ValidationError(
-                "invalidGpus", f"--gpus {spec!r} already groups GPUs with '+'; drop "
-                "--gpus-per-worker or list the GPUs with commas only", parameter="--gpus-per-worker")
-        if len(flat) % per_worker:
-            raise ValidationError(
-                "invalidGpus", f"--gpus-per-worker {per_worker} does not divide the {len(flat)} "
-                f"GPUs of --gpus {spec!r}", parameter="--gpus-per-worker")
-        groups = [tuple(flat[i : i + per_worker]) for i in range(0, len(flat), per_worker)]
-    return [WorkerSlot(label="gpu" + "+".join(group) if all(d.isdigit() for d in group)
-                       else f"gpu-slot{index}", devices=group)
-            for index, group in enumerate(groups)]
-
-
-def process_slots(count: int) -> list[WorkerSlot]:
-    """``--processes N``: N workers that keep the supervisor's ``CUDA_VISIBLE_DEVICES``."""
-    if count < 1:
-        raise ValidationError("invalidProcesses", f"--processes must be 1 or more, not {count}",
-                              parameter="--processes")
-    return [WorkerSlot(label=f"proc{index}") for index in range(count)]
 
 
 def settings_environ(settings: Settings) -> dict[str, str | None]:
@@ -597,9 +513,9 @@ def run_supervised(settings: Settings, slots: Sequence[WorkerSlot], stop: thread
     """``reelserve worker --gpus/--processes``: supervise the slots' children until ``stop``.
 
     ``preload`` is passed on: each child loads those models before it takes jobs. Profiles
-    that set ``parallel`` get a group of GPUs each (:func:`~reelserve.worker.group.plan_groups`).
+    that set ``parallel`` get a group of GPUs each (:func:`~reelserve.worker.slots.plan_groups`).
     """
-    from reelserve.worker.group import plan_groups
+    from reelserve.worker.slots import plan_groups
 
     profiles = None
     if settings.profiles is not None:

@@ -1,7 +1,7 @@
 """One torch.distributed group per multi-GPU profile: several processes render one video.
 
 ``reelserve worker --gpus 0,1,2,3`` with a profile that sets ``parallel = { ulysses = 4 }`` runs
-that profile's jobs on a group of 4 processes, one per GPU (:func:`plan_groups` lays the GPUs
+that profile's jobs on a group of 4 processes, one per GPU (:func:`~reelserve.worker.slots.plan_groups` lays the GPUs
 out; :class:`~reelserve.worker.executors.ProcessExecutor` starts the ranks and restarts the whole
 group when one dies). Inside the group (:func:`run_rank`):
 
@@ -23,7 +23,8 @@ through its lease, like any crashed worker's job.
 
 The entry point is ``python -m reelserve.worker.group`` (started by the supervisor, with the
 ``torchrun`` variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
-torch is imported by :func:`run_rank` only; :func:`plan_groups` is pure.
+torch is imported by :func:`run_rank` only; the GPU layout is planned by
+:func:`reelserve.worker.slots.plan_groups`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,7 @@ from typing import TYPE_CHECKING, Any
 from reelserve.errors import ValidationError
 
 if TYPE_CHECKING:
-    from reelserve.engines.diffusers.profiles import ProfileSet
     from reelserve.settings import Settings
-    from reelserve.worker.executors import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -57,57 +56,6 @@ _PREFIX = "reelserve/"
 
 
 # ------------------------------------------------------------------ layout (pure)
-
-
-def plan_groups(slots: Sequence[WorkerSlot], profiles: ProfileSet | None) -> list[WorkerSlot]:
-    """Lay ``--gpus`` slots out for the profiles that ask for ``parallel``.
-
-    Each distinct split pipeline (entries sharing weights and options share one) gets a group of
-    ``degree`` GPUs: a ``+``-joined slot of exactly that many GPUs if there is one, else the
-    next single-GPU slots. Slots left over stay as they were (one worker process each); they
-    render split profiles' jobs too, on their one device, when the group is busy.
-
-    Raises:
-        ValidationError: ``invalidGpus`` when too few GPUs are given for a group, naming the
-            profile entry and its degree.
-    """
-    from reelserve.worker.executors import WorkerSlot
-
-    wanted: list[tuple[str, int]] = []  # (entry label, degree), one per distinct pipeline
-    seen: set[Any] = set()
-    for entry in profiles or ():
-        option = entry.profile.parallel
-        key = entry.profile.resident_key()
-        if option is not None and key not in seen:
-            seen.add(key)
-            wanted.append((entry.label, option.degree))
-    if not wanted:
-        return list(slots)
-    free = list(slots)
-    groups: list[WorkerSlot] = []
-    for label, degree in wanted:
-        joined = next((s for s in free if s.devices is not None and len(s.devices) == degree
-                       and s.ranks == 1), None)
-        if joined is not None:
-            free.remove(joined)
-            chosen = [joined]
-        else:
-            chosen = [s for s in free if s.devices is not None and len(s.devices) == 1][:degree]
-            if len(chosen) < degree:
-                source = f"profiles file {profiles.source}" if profiles and profiles.source else "profiles"
-                raise ValidationError(
-                    "invalidGpus", f"{source}: {label}: parallel asks for a group of {degree} "
-                    f"GPUs, but --gpus leaves {len(chosen)} single GPU(s) for it; give it "
-                    f"{degree} more (e.g. --gpus {','.join(str(i) for i in range(degree))})",
-                    parameter="--gpus")
-            for slot in chosen:
-                free.remove(slot)
-        devices = tuple(d for slot in chosen for d in slot.devices or ())
-        name = ("gpu" + "+".join(devices) if all(d.isdigit() for d in devices)
-                else f"gpu-group{len(groups)}")
-        groups.append(WorkerSlot(label=name, devices=devices, ranks=degree))
-        log.info("%s renders %s split over GPUs %s", name, label, ",".join(devices))
-    return groups + free
 
 
 # ------------------------------------------------------------------ one rank (torch from here on)

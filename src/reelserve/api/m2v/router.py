@@ -155,7 +155,10 @@ class M2VService:
 
 def m2v_router(serving: Serving) -> APIRouter:
     """The 302-style routes (six submit paths and fetch)."""
-    router = APIRouter(tags=["302-style Kling"], route_class=dialect_route(M2V.error_response))
+    # 302-style clients read every refusal as a 400 with the field named (an unsupported
+    # Content-Type too, whether this router or the keyless guard refuses it).
+    router = APIRouter(tags=["302-style Kling"], route_class=dialect_route(
+        M2V.error_response, unsupported_media_status=400))
     service = M2VService(serving)
 
     def make_submit(route: schema.PathRoute) -> Any:
