@@ -39,7 +39,9 @@ Where the full-size numbers come from (diffusers 0.42.1 as installed; no interne
   not the rest of the pipeline. The SigLIP vision tower of the real checkpoint is replaced by a
   one-layer one: prompts are text only and it never runs. ``--light-text-encoder`` keeps the
   hidden size but uses 4 layers (and a 5-fold connector input), for a GPU too small for the 12B
-  one (about 24 GB in bf16; the transformer is about 19B parameters, 38 GB).
+  one. Built here on the meta device these configs count 18.9B parameters (transformer), 11.8B
+  (Gemma 3 text tower with its 262k x 3840 embeddings), 1.4B (connectors), 1.2B (video VAE),
+  0.05B each (audio VAE, vocoder): about 67 GB of bf16 weights.
 - the tokenizer is a Gemma-style Unigram tokenizer trained here on a few sentences; prompts pad to
   the pipeline's default ``max_sequence_length`` (1024), as real ones do.
 
@@ -48,7 +50,7 @@ pipeline's defaults for everything the engine does not set (STG, modality guidan
 
 Usage::
 
-    python bench/bench_ltx2.py                # full size, needs a CUDA GPU (~80 GB), 10 steps
+    python bench/bench_ltx2.py                # full size, needs a CUDA GPU (67 GB of weights), 10 steps
     python bench/bench_ltx2.py --steps 30     # LTX-2's default step count
     python bench/bench_ltx2.py --small        # shrunk on the CPU, proves the script works
 
@@ -382,7 +384,7 @@ def main() -> None:
             peak = f"{r.peak_gib:.1f} GiB" if not math.isnan(r.peak_gib) else "n/a (CPU)"
             print(f"{label:<34} {r.call_s:8.2f} s/call  {r.step_s:7.3f} s/step  steps {r.steps_seen}  "
                   f"peak {peak}  frames {r.frames}  audio {r.audio_s:.3f} s vs clip {clip_s:.3f} s "
-                  f"(+{(r.audio_s - clip_s) * 1000:.0f} ms){'  ' + r.extra['audio'] if 'audio' in r.extra else ''}")
+                  f"({(r.audio_s - clip_s) * 1000:+.0f} ms){'  ' + r.extra['audio'] if 'audio' in r.extra else ''}")
         print(f"ratio engine/plain: {best_engine.call_s / best_plain.call_s:.3f} per call, "
               f"{best_engine.step_s / best_plain.step_s:.3f} per step")
         print(f"projected denoising for 30 steps (LTX-2's default): engine {best_engine.step_s * 30:.1f} s, "

@@ -161,7 +161,7 @@ def create_app(
     from reelserve.api.tasks import tasks_router  # /v1/tasks: every dialect's jobs
 
     app.include_router(tasks_router(services))
-    from reelserve.api.models import models_router  # /v1/models: what renders each id here
+    from reelserve.api.openai.router import models_router  # /v1/models: what renders each id here
 
     app.include_router(models_router(serving))
     # The playground page at GET / (static files; it calls POST /v1 like any client).

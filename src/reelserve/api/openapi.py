@@ -424,7 +424,7 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "security": API_KEY,
             "responses": {"200": _json(_ref("Task")), **_errors("RunwareErrors", _READ)},
         },
-        ("get", "/v1/models"): {  # api/models.py
+        ("get", "/v1/models"): {  # api/openai/router.py models_router
             "summary": "The models this server renders: per id, the workflows served, the "
                        "engine of each and what it supports", "tags": ["Models"],
             "security": API_KEY,

@@ -4,7 +4,7 @@ A dialect's router parses its wire shape into a :class:`~reelserve.tasks.TaskReq
 :class:`Serving` and renders the answer; it decides nothing itself. Here live:
 
 - :meth:`Serving.submit`: validate -> capabilities (what the engine that will render it cannot
-  honour is refused: :class:`reelserve.api.models.Availability`) -> delivery targets -> per-key
+  honour is refused: :class:`reelserve.api.availability.Availability`) -> delivery targets -> per-key
   limits -> ``Job`` -> store (the one submit; every check a submit needs goes in its marked
   place);
 - :meth:`Serving.store_upload`: keep an input file as an upload (one content-type table,
@@ -67,7 +67,7 @@ class Serving:
     """The operations every dialect shares, over one app's :class:`Services`."""
 
     def __init__(self, services: Services) -> None:
-        from reelserve.api.models import Availability
+        from reelserve.api.availability import Availability
 
         self.services = services
         #: What renders each model id x workflow here and what it honours (submit refusals,

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import time
 
-from reelserve.api.guards import ascii_int
+from reelserve.api.parsing import ascii_int
 
 
 class UrlSigner:

@@ -17,11 +17,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from reelserve.api import guards
+from reelserve.api import parsing
 from reelserve.api.auth import owner_for_key
 from reelserve.api.dialect import Dialect
-from reelserve.api.guards import parse_int
 from reelserve.api.kling import schema
+from reelserve.api.parsing import parse_int
 from reelserve.api.serving import dialect_route
 from reelserve.errors import AuthError, ConflictError, NotFoundError, ValidationError
 from reelserve.tasks import Job, Result
@@ -137,7 +137,7 @@ def kling_router(serving: Serving) -> APIRouter:
         return JSONResponse(schema.envelope(data, str(uuid.uuid4())))
 
     async def read_json(request: Request) -> dict[str, Any]:
-        body = await guards.read_json(request, empty={}, code="invalidRequest")
+        body = await parsing.read_json(request, empty={}, code="invalidRequest")
         if not isinstance(body, dict):
             raise ValidationError("invalidRequest", "the body must be a JSON object",
                                   parameter="body")

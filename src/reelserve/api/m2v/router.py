@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from reelserve.api.dialect import Dialect
-from reelserve.api.guards import read_json
 from reelserve.api.m2v import schema
+from reelserve.api.parsing import read_json
 from reelserve.api.serving import dialect_route
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
 from reelserve.tasks import Job, Result

@@ -17,9 +17,9 @@ from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_conver
 from starlette.datastructures import UploadFile
 
 from reelserve.api.dialect import Dialect
-from reelserve.api.guards import parse_int, read_json
 from reelserve.api.media import NOSNIFF, ensure_cover
 from reelserve.api.openai import schema
+from reelserve.api.parsing import parse_int, read_json
 from reelserve.api.serving import dialect_route
 from reelserve.delivery.storage import delete_output
 from reelserve.errors import ErrorKind, NotFoundError, ReelserveError, ValidationError
@@ -246,3 +246,22 @@ def _routers(serving: Serving) -> Sequence[APIRouter]:
 OPENAI = Dialect(origin=schema.ORIGIN, fields=schema.FIELD_NAMES, envelope=schema.error_envelope,
                  routers=_routers)
 """The OpenAI-style Videos API as a declared dialect (clients poll; no webhooks)."""
+
+
+def models_router(serving: Serving) -> APIRouter:
+    """``GET /v1/models``: the models this server renders (OpenAI-style list).
+
+    Authenticated like the REST API (``Authorization: Bearer``); answers
+    ``{"object": "list", "data": [...]}`` (see :meth:`Availability.models`), refusals in the
+    OpenAI error shape.
+    """
+    # An OpenAI-style list answers refusals (auth) in the OpenAI error shape, as /v1/videos does.
+    router = APIRouter(tags=["models"], route_class=dialect_route(OPENAI.error_response))
+
+    @router.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        await run_in_threadpool(serving.owner, request)
+        data = await run_in_threadpool(serving.availability.models)
+        return {"object": "list", "data": data}
+
+    return router

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reelserve.api.fields import FieldTable
-from reelserve.api.guards import ascii_int
+from reelserve.api.parsing import ascii_int
 from reelserve.errors import CANCELLED_CODE, ErrorKind, ReelserveError, ValidationError
 from reelserve.tasks import FrameImageInput, Job, JobStatus, TaskRequest
 

@@ -200,7 +200,7 @@ class RunwareHandler:
         offset = task.get("offset", 0)
         search_models = _search_models()
         result = await run_in_threadpool(search_models, search, limit, offset)
-        # Per result, what renders each workflow here and what it supports (api/models.py).
+        # Per result, what renders each workflow here and what it supports (api/availability.py).
         view = await run_in_threadpool(self.serving.availability.view)
         for model in result.get("results", []):
             model["serving"] = self.serving.availability.describe(

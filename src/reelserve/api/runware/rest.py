@@ -1,7 +1,7 @@
 """Runware over REST: ``POST /v1`` with a JSON array of tasks.
 
 A thin transport: read the body (capped while it streams in by the app's body limit), parse it
-(:func:`~reelserve.api.guards.parse_json`, at most ``max_tasks_per_request`` tasks), authenticate, hand the tasks to
+(:func:`~reelserve.api.parsing.parse_json`, at most ``max_tasks_per_request`` tasks), authenticate, hand the tasks to
 :class:`~reelserve.api.runware.handlers.RunwareHandler`, and map the reply to a status code
 (200 when any task produced data, 400 when all failed, 507 when all failed for a full disk, 401
 for a bad key, 413 for a body over ``settings.max_body_bytes``). Nothing here ever answers 500 for a bad request.
@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from reelserve.api.auth import authenticate, bearer_token, client_address
-from reelserve.api.guards import parse_json_async
+from reelserve.api.parsing import parse_json_async
 from reelserve.api.runware.handlers import Reply, RunwareHandler
 from reelserve.api.serving import ErrorRenderer, dialect_route
 from reelserve.errors import STORAGE_FULL_CODE, ValidationError

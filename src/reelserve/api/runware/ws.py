@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from reelserve.api.auth import authenticate, client_address
-from reelserve.api.guards import parse_json_async
+from reelserve.api.parsing import parse_json_async
 from reelserve.api.runware import render
 from reelserve.api.runware.rest import check_task_count
 from reelserve.errors import (

@@ -19,9 +19,10 @@ Otherwise :meth:`Availability.check` refuses in the submit answer what nothing l
 (``safety.checkContent`` without a configured checker). When several workers serve a route, a
 request is accepted when one of them honours it.
 
-:func:`models_router` serves ``GET /v1/models`` (an OpenAI-style model list with reelserve's fields:
-the workflows served, the engine of each and what it supports); Runware's ``modelSearch`` adds the
-same per result (:meth:`Availability.describe`).
+:meth:`Availability.models` is what ``GET /v1/models`` lists (an OpenAI-style model list with
+reelserve's fields: the workflows served, the engine of each and what it supports; the route lives
+with the OpenAI dialect, :func:`reelserve.api.openai.router.models_router`); Runware's
+``modelSearch`` adds the same per result (:meth:`Availability.describe`).
 """
 
 from __future__ import annotations
@@ -33,14 +34,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
-
 from reelserve.errors import EngineError, ErrorKind, ValidationError
 from reelserve.jobs.store import WORKER_LIVE, WorkerInfo, route_key
 
 if TYPE_CHECKING:
-    from reelserve.api.serving import Serving
     from reelserve.engines.capabilities import Capability
     from reelserve.jobs.store import JobStore
     from reelserve.settings import Settings
@@ -48,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SAFETY_PARAMETER", "Availability", "RouteView", "models_router"]
+__all__ = ["SAFETY_PARAMETER", "Availability", "RouteView"]
 
 SAFETY_PARAMETER = "safety.checkContent"
 """The field a refused content check names (only Runware's wire shape can ask for one)."""
@@ -248,25 +245,3 @@ class Availability:
             out.append({"id": air, "object": "model", "created": self.created,
                         "owned_by": "klingai", "name": entry.name, **info})
         return out
-
-
-def models_router(serving: Serving) -> APIRouter:
-    """``GET /v1/models``: the models this server renders (OpenAI-style list).
-
-    Authenticated like the REST API (``Authorization: Bearer``); answers
-    ``{"object": "list", "data": [...]}`` (see :meth:`Availability.models`), refusals in the
-    OpenAI error shape.
-    """
-    from reelserve.api.openai.router import OPENAI
-    from reelserve.api.serving import dialect_route
-
-    # An OpenAI-style list answers refusals (auth) in the OpenAI error shape, as /v1/videos does.
-    router = APIRouter(tags=["models"], route_class=dialect_route(OPENAI.error_response))
-
-    @router.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        await run_in_threadpool(serving.owner, request)
-        data = await run_in_threadpool(serving.availability.models)
-        return {"object": "list", "data": data}
-
-    return router
