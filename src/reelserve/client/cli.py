@@ -229,7 +229,7 @@ class PlainProgress:
         print(line, file=self.err, flush=True)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: plain progress lines hold no terminal state."""
 
 
 class RichProgress:

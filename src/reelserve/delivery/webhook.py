@@ -20,6 +20,7 @@ we send is what its verifiers check.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import os
 import secrets
@@ -119,9 +120,8 @@ def resolve_secret(settings: Settings) -> str:
         try:
             # A link never replaces: of several processes starting together, the first one's
             # secret wins and the others read it.
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
         finally:
             tmp.unlink()
     return standard_secret(path.read_text().strip())

@@ -319,8 +319,9 @@ class DiffusersEngine:
         """Make an already built pipeline resident for ``profile``, as a load would: its speed
         options applied and, when compiled, warmed up. For pipelines that exist only in memory
         (the benchmark builds full-size models from configs with random weights)."""
+        # Entering the cache prepares the pipeline and keeps it resident; nothing runs inside.
         with self.cache.use(profile.resident_key(), lambda: self._prepare(loaded, profile)):
-            pass
+            return
 
     def _load(self, profile: Profile) -> LoadedPipeline:
         """Build a profile's pipeline, apply its speed options, and warm a compiled one up."""
