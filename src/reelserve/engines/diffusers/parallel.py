@@ -17,9 +17,9 @@ not a group (threads beside ``serve``, a single-GPU slot) renders such a profile
 and says so in its log.
 
 ``cfg`` (conditional and unconditional passes on different ranks) is accepted as a key so a
-profile can say what it wants, but diffusers 0.42 has no CFG parallelism (a TODO in its
-``_modeling_parallel``), so any ``cfg`` above 1 is refused with that reason; ``cfg_batch = true``
-is the single-GPU way to batch the two passes.
+profile can say what it wants, but diffusers 0.42 has no CFG parallelism (its
+``_modeling_parallel`` marks it as not yet written), so any ``cfg`` above 1 is refused with that
+reason; ``cfg_batch = true`` is the single-GPU way to batch the two passes.
 """
 
 from __future__ import annotations
