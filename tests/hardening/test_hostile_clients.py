@@ -260,3 +260,47 @@ def test_get_response_keeps_results_the_client_never_read(
         again = client.post("/v1", json=[{"taskType": "getResponse",
                                           "taskUUID": task["taskUUID"]}]).json()
         assert again["data"] == [], again
+
+
+async def test_ws_results_of_an_expired_session_return_to_get_response(
+    server_factory: ServerFactory,
+) -> None:
+    # A sync task over WebSocket whose client vanishes and never resumes: the pushed results wait
+    # in the session's resume buffer; when the session expires (REELSERVE_WS_RESUME_SECONDS, with
+    # no other socket coming or going to trigger a sweep) they go back to the store, so a later
+    # getResponse over REST hands them out, once.
+    import asyncio
+
+    import websockets
+
+    srv = server_factory(env={"REELSERVE_WS_RESUME_SECONDS": "1",
+                              "REELSERVE_ENGINE_SELECTOR": "tiny_engine:engine_selector"})
+    task = {**_video(), "deliveryMethod": "sync"}
+    ws = await websockets.connect(srv.url.replace("http://", "ws://") + "/v1")
+    await ws.send(json.dumps([{"taskType": "authentication", "apiKey": "any"}]))
+    json.loads(await asyncio.wait_for(ws.recv(), 10))
+    await ws.send(json.dumps([task]))
+    await asyncio.sleep(0.2)
+    ws.transport.abort()  # gone mid-generation, no close handshake, never back
+
+    def finish_and_poll() -> tuple[list[dict[str, object]], list[dict[str, object]], object]:
+        with httpx.Client(base_url=srv.url, timeout=60.0) as client:
+            deadline = time.monotonic() + 300.0
+            while True:  # getTaskDetails reads without handing results out
+                details = client.post("/v1", json=[{"taskType": "getTaskDetails",
+                                                     "taskUUID": task["taskUUID"]}]).json()
+                if details["data"][0]["status"] != "processing":
+                    break
+                assert time.monotonic() < deadline, "the task did not finish"
+                time.sleep(0.2)
+            assert details["data"][0]["status"] == "success", details
+            time.sleep(2.0)  # past the resume window: the session expired on its own timer
+            items, errors = poll_results(client, str(task["taskUUID"]), timeout=30.0)
+            again = client.post("/v1", json=[{"taskType": "getResponse",
+                                              "taskUUID": task["taskUUID"]}]).json()
+            return items, errors, again
+
+    items, errors, again = await asyncio.to_thread(finish_and_poll)
+    assert not errors, errors
+    assert [i["taskUUID"] for i in items] == [task["taskUUID"]], items
+    assert again["data"] == [], again

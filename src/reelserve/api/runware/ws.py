@@ -14,8 +14,9 @@ only delivery differs (PROTOCOLS.md §1.2, docs/sdk-compat.md):
   result are pushed as they exist. Async tasks get the ACK; clients poll with ``getResponse``.
 * Results belong to a *session* (``connectionSessionUUID``), not to a socket: frames that cannot be
   sent (the client dropped, or was too slow) are kept ``ws_resume_seconds`` and sent after the
-  client re-authenticates with that UUID. A sync task whose session expired leaves its results in
-  the job store, where ``getResponse`` still finds them.
+  client re-authenticates with that UUID. Results leave the store only when their frame is sent:
+  when a session expires (or its resume buffer overflows) the results its kept frames carried are
+  undelivered again, and ``getResponse`` (REST or WebSocket) hands them out.
 * Limits: open sockets per process (``ws_max_connections``, refused at the handshake); per
   connection: frame size (``max_body_bytes``, as for REST), tasks per frame
   (``max_tasks_per_request``, as for REST), tasks in flight (``ws_max_in_flight``, counted per
@@ -36,7 +37,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket
@@ -46,6 +48,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from reelserve.api.auth import authenticate, client_address
 from reelserve.api.parsing import parse_json_async
 from reelserve.api.runware import render
+from reelserve.api.runware.handlers import Reply
 from reelserve.api.runware.rest import check_task_count
 from reelserve.errors import (
     AuthError,
@@ -56,7 +59,7 @@ from reelserve.errors import (
 )
 
 if TYPE_CHECKING:
-    from reelserve.api.runware.handlers import Reply, RunwareHandler
+    from reelserve.api.runware.handlers import RunwareHandler
     from reelserve.api.serving import Serving
     from reelserve.tasks import Job
 
@@ -79,27 +82,39 @@ _CLOSE_TRY_AGAIN = 1013
 # Sessions and connections
 # ================================================================================================
 
+Taken = Sequence[tuple[str, list[int]]]
+"""``(job id, result indexes)`` a frame took from the store (marked delivered)."""
+
+
+@dataclass(frozen=True)
+class _Out:
+    """An outgoing frame, and the results it carries: a frame that is dropped unsent hands them
+    back to the store, so ``getResponse`` still finds them (they never reached the client)."""
+
+    text: str
+    taken: Taken = ()
+
 
 class _Connection:
     """One socket: a bounded outgoing queue drained by a sender task."""
 
     def __init__(self, websocket: WebSocket, queue_size: int) -> None:
         self.websocket = websocket
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self.queue: asyncio.Queue[_Out] = asyncio.Queue(maxsize=queue_size)
         self.closed = asyncio.Event()
         self.close_code = _CLOSE_NORMAL
         self.close_reason = ""
-        self.unsent: list[str] = []  # a frame whose send failed midway
+        self.unsent: list[_Out] = []  # a frame whose send failed midway
         # Called after each send: the session tops the queue up from its resume backlog.
         self.refill: Callable[[], None] | None = None
 
-    def offer(self, text: str, *, shut_when_full: bool = True) -> bool:
+    def offer(self, out: _Out, *, shut_when_full: bool = True) -> bool:
         """Queue a frame without waiting; False when the socket is closed or the queue is full
         (which, unless ``shut_when_full`` is False, means the client is too slow: drop it)."""
         if self.closed.is_set():
             return False
         try:
-            self.queue.put_nowait(text)
+            self.queue.put_nowait(out)
         except asyncio.QueueFull:
             if not shut_when_full:
                 return False
@@ -118,17 +133,17 @@ class _Connection:
     async def run_sender(self) -> None:
         """Send queued frames in order until the connection ends."""
         while True:
-            text = await self.queue.get()
+            out = await self.queue.get()
             try:
-                await asyncio.wait_for(self.websocket.send_text(text), _SEND_TIMEOUT)
+                await asyncio.wait_for(self.websocket.send_text(out.text), _SEND_TIMEOUT)
             except Exception as exc:  # peer gone, or stuck: keep the frame for a resume
-                self.unsent.append(text)
+                self.unsent.append(out)
                 self.shut(_CLOSE_TRY_AGAIN, f"send failed: {type(exc).__name__}")
                 return
             if self.refill is not None:
                 self.refill()
 
-    def drain(self) -> list[str]:
+    def drain(self) -> list[_Out]:
         """Frames that were never sent (in order), emptying the queue."""
         out = list(self.unsent)
         self.unsent.clear()
@@ -140,29 +155,36 @@ class _Connection:
 class Session:
     """Results and running tasks of one ``connectionSessionUUID`` (outlives its sockets)."""
 
-    def __init__(self, session_uuid: str, owner: str, max_pending: int) -> None:
+    def __init__(self, session_uuid: str, owner: str, max_pending: int,
+                 give_back: Callable[[Taken], None]) -> None:
         self.uuid = session_uuid
         self.owner = owner
         self.connection: _Connection | None = None
-        self.pending: deque[str] = deque()
+        self.pending: deque[_Out] = deque()
+        self.give_back = give_back
         self.max_pending = max_pending
         self.detached_at: float | None = None
         self.expired = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
 
-    def deliver(self, text: str) -> None:
-        """Send a frame now, or keep it for the client's next authentication with this UUID."""
+    def deliver(self, text: str, taken: Taken = ()) -> None:
+        """Send a frame now, or keep it for the client's next authentication with this UUID.
+
+        ``taken`` names the results the frame carries: if the frame is dropped unsent (the
+        session expired, or its resume buffer overflowed) they go back to the store."""
+        out = _Out(text, tuple(taken))
         if self.expired:
+            self.give_back(out.taken)
             return
         conn = self.connection
-        if conn is not None and not self.pending and conn.offer(text):
+        if conn is not None and not self.pending and conn.offer(out):
             return
-        self.pending.append(text)
+        self.pending.append(out)
         if len(self.pending) > self.max_pending:
-            # Bounded memory per session: the oldest frame goes (logged; async results stay
-            # pollable, sync ones were already handed out).
-            self.pending.popleft()
+            # Bounded memory per session: the oldest frame goes (logged); results it carried
+            # return to the store, where getResponse finds them.
+            self.give_back(self.pending.popleft().taken)
             log.warning("ws session %s: resume buffer full, dropped the oldest frame", self.uuid)
         self.flush()
 
@@ -188,12 +210,16 @@ class SessionRegistry:
     Expiry uses a heap of ``(deadline, uuid)`` pushed at each detach, so :meth:`purge` costs
     O(expired * log n), not a scan of every session (one frame of 10,000 ``authentication``
     tasks once blocked the event loop for 89 s that way). A heap entry whose session was
-    re-attached (or detached again later) is stale and skipped.
+    re-attached (or detached again later) is stale and skipped. Each detach also arms a timer
+    for its deadline, so a session expires on time even when no other socket comes or goes:
+    the results its kept frames carried then return to the store for ``getResponse``.
     """
 
-    def __init__(self, resume_seconds: float, max_pending: int) -> None:
+    def __init__(self, resume_seconds: float, max_pending: int,
+                 give_back: Callable[[Taken], None]) -> None:
         self.resume_seconds = resume_seconds
         self.max_pending = max_pending
+        self.give_back = give_back
         self._sessions: dict[str, Session] = {}
         self._deadlines: list[tuple[float, str]] = []
 
@@ -215,8 +241,11 @@ class SessionRegistry:
 
     def _forget(self, session: Session) -> None:
         session.expired = True
+        taken = [item for out in session.pending for item in out.taken]
         session.pending.clear()
         self._sessions.pop(session.uuid, None)
+        if taken:
+            self.give_back(taken)
 
     def attach(self, requested: Any, owner: str, conn: _Connection) -> Session:
         """The session to use: the requested one when it exists, is live and has this owner,
@@ -224,7 +253,7 @@ class SessionRegistry:
         self.purge()
         session = self._sessions.get(requested) if isinstance(requested, str) else None
         if session is None or session.owner != owner:
-            session = Session(str(uuid.uuid4()), owner, self.max_pending)
+            session = Session(str(uuid.uuid4()), owner, self.max_pending, self.give_back)
             self._sessions[session.uuid] = session
         old = session.connection
         if old is not None and old is not conn:
@@ -243,6 +272,8 @@ class SessionRegistry:
             session.detached_at = time.monotonic()
             heapq.heappush(self._deadlines,
                            (session.detached_at + self.resume_seconds, session.uuid))
+            # A little after the deadline (purge compares strictly), on this loop.
+            asyncio.get_running_loop().call_later(self.resume_seconds + 0.05, self.purge)
         self.purge()
 
     def replace(self, session: Session, conn: _Connection) -> None:
@@ -305,9 +336,10 @@ class RunwareWebSocket:
         self.settings = serving.settings
         self.handler = handler
         self.sessions = SessionRegistry(self.settings.ws_resume_seconds,
-                                        self.settings.ws_send_queue)
+                                        self.settings.ws_send_queue, self._give_back)
         self.open_sockets = 0
         self._refusing = False
+        self._background: set[asyncio.Future[None]] = set()
 
     async def serve(self, websocket: WebSocket) -> None:
         """The lifetime of one socket (refused at the handshake over ``ws_max_connections``)."""
@@ -373,7 +405,20 @@ class RunwareWebSocket:
             closed.cancel()
 
     async def _send_now(self, conn: _Connection, frame: dict[str, Any]) -> None:
-        conn.offer(await _dumps(frame))
+        conn.offer(_Out(await _dumps(frame)))
+
+    def _give_back(self, taken: Taken) -> None:
+        """Results of frames dropped unsent: undelivered again in the store (in a thread; kept
+        referenced until done, and a failure is logged rather than lost silently)."""
+        reply = Reply(taken=list(taken))
+        task = asyncio.ensure_future(run_in_threadpool(self.handler.give_back, reply))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ws: could not hand results back to the store", exc_info=task.exception())
 
     # --------------------------------------------------------------------- frames
 
@@ -483,14 +528,14 @@ class RunwareWebSocket:
                 for task_uuid in reply.push:
                     await self._watch(task_uuid, session)
                 return
-            session.deliver(await _dumps(_frame(reply)))
+            session.deliver(await _dumps(_frame(reply)), reply.taken)
         except Exception:  # a bug must not take the socket down: answer with an error item
             log.exception("ws task failed")
-            task_type, task_uuid = _task_ids(task)
+            task_type, failed_uuid = _task_ids(task)
             error = ReelserveError("internalError", "the server failed while handling this task",
                                    kind=ErrorKind.INTERNAL)
             session.deliver(await _dumps(_errors_frame(
-                render.error_item(error, task_type=task_type, task_uuid=task_uuid))))
+                render.error_item(error, task_type=task_type, task_uuid=failed_uuid))))
         finally:
             session.in_flight -= 1
             state.in_flight -= 1
@@ -513,10 +558,10 @@ class RunwareWebSocket:
                 return  # nobody to push to: the results stay in the store for getResponse
             terminal = job.status.is_terminal
             if terminal or len(job.results) > delivered:
-                reply_data = await run_in_threadpool(self._take_results, job)
+                reply_data, taken = await run_in_threadpool(self._take_results, job)
                 delivered += len(reply_data)
                 if reply_data:
-                    session.deliver(await _dumps({"data": reply_data}))
+                    session.deliver(await _dumps({"data": reply_data}), taken)
             if terminal:
                 errors = render.job_errors(job)
                 if errors:
@@ -536,10 +581,17 @@ class RunwareWebSocket:
                     error, task_type=render.VIDEO_TASK, task_uuid=task_uuid))))
                 return
 
-    def _take_results(self, job: Job) -> list[dict[str, Any]]:
-        """Results not handed out yet, rendered like the REST sync reply (blocking: a thread)."""
+    def _take_results(self, job: Job) -> tuple[list[dict[str, Any]], Taken]:
+        """Results not handed out yet, rendered like the REST sync reply, and what was taken
+        (blocking: a thread)."""
         results = self.services.store.take_undelivered(job.id)
-        return [render.result_item(job, r, self.serving, with_status=False) for r in results]
+        taken = [(job.id, [r.index for r in results])] if results else []
+        try:
+            return [render.result_item(job, r, self.serving, with_status=False)
+                    for r in results], taken
+        except BaseException:  # never handed out
+            self.handler.give_back(Reply(taken=taken))
+            raise
 
 
 class _State:
