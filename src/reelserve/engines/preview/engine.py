@@ -1,9 +1,9 @@
 """The CPU preview engine itself: per workflow, which frames to make and at what pace.
 
-``sound: true`` asks for generated audio, which this engine cannot make: :meth:`generate` refuses
-it with :class:`~reelserve.errors.EngineError` code ``unsupportedSound`` (parameter
-``providerSettings.klingai.sound``, kind ``invalid`` so it is not retried) rather than returning a
-silent clip that pretends otherwise.
+``sound: true`` asks for generated audio, which this engine cannot make. Submit refuses it first
+(:mod:`reelserve.engines.capabilities`); :meth:`generate` keeps the same refusal as a backstop for a
+job that reaches it anyway (:class:`~reelserve.errors.EngineError` code ``unsupportedSound``, kind
+``invalid`` so it is not retried) rather than returning a silent clip that pretends otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
+from reelserve.engines.capabilities import SOUND_PARAMETER
 from reelserve.engines.preview.camera import (
     CameraCanvas,
     CameraPose,
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SOUND_PARAMETER", "PreviewEngine"]
 
-SOUND_PARAMETER = "providerSettings.klingai.sound"
-
 _XFADE_SECONDS = 0.5  # r2v cross-fade length
 
 
@@ -47,7 +46,7 @@ class PreviewEngine:
     name = "preview"
 
     def supports(self, spec: GenerationSpec) -> bool:
-        """Every workflow of the catalog; refusals (``sound``) come from :meth:`generate`."""
+        """Every workflow of the catalog (``sound`` is refused at submit by the capabilities)."""
         return spec.workflow in tuple(Workflow)
 
     def generate(
