@@ -37,6 +37,7 @@ import gc
 import importlib.util
 import logging
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +47,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# The tests' offline builders (tokenizers trained here): shared with the tests, not copied.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engines" / "diffusers"))
+from diffusers_tiny import unigram_tokenizer
 
 # Published configs of Wan-AI/Wan2.1-T2V-1.3B-Diffusers (transformer/config.json, vae, text_encoder).
 WAN13_TRANSFORMER = dict(
@@ -147,31 +152,8 @@ def sync(device: str) -> None:
 
 
 def tokenizer(vocab: int) -> Any:
-    """A T5-style tokenizer trained here (offline); ids stay below the encoder's vocab."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import T5TokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=min(vocab, 200), special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>")
-    tok.train_from_iterator(["a lighthouse on basalt cliffs at dusk, waves, fog"] * 20, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
-    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                           extra_ids=0)
-
-
+    """A T5-style tokenizer trained here (offline), ids below ``vocab``: the tests' builder."""
+    return unigram_tokenizer("t5", ["a lighthouse on basalt cliffs at dusk, waves, fog"], vocab)
 
 
 def timed(device: str, fn: Callable[[], Any]) -> float:

@@ -63,6 +63,7 @@ import argparse
 import gc
 import logging
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -71,6 +72,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+# The tests' offline builders (tokenizers trained here): shared with the tests, not copied.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engines" / "diffusers"))
+from diffusers_tiny import unigram_tokenizer
 
 # Full-size configs: see the module docstring for the source of every number.
 TRANSFORMER = dict(
@@ -157,29 +162,8 @@ def sync(device: str) -> None:
 
 
 def gemma_tokenizer(vocab: int) -> Any:
-    """A Gemma-style tokenizer (Unigram, ``<bos>`` first) trained here; ids stay below ``vocab``."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import GemmaTokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=min(vocab, 200),
-                                      special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"], unk_token="<unk>")
-    tok.train_from_iterator([PROMPT, NEGATIVE] * 20, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
-    return GemmaTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                              bos_token="<bos>", unk_token="<unk>")
+    """A Gemma-style tokenizer trained here (offline), ids below ``vocab``: the tests' builder."""
+    return unigram_tokenizer("gemma", [PROMPT, NEGATIVE], vocab)
 
 
 def build_pipeline(small: bool, light_text: bool, device: str, dtype: torch.dtype) -> Any:

@@ -8,6 +8,7 @@ then load through the real profile-loading code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,12 @@ _CORPUS = [
 ]
 
 
-def tiny_tokenizer() -> Any:
-    """A T5-style fast tokenizer (Unigram, ``</s>`` appended) trained on a few sentences."""
+def unigram_tokenizer(style: str, corpus: Sequence[str], vocab_size: int) -> Any:
+    """A fast tokenizer of ``style`` trained here on ``corpus`` (offline; ids < ``vocab_size``).
+
+    ``"t5"``: T5/UMT5-style, ``</s>`` appended (Wan, LTX-Video); ``"gemma"``: Gemma-style,
+    ``<bos>`` prepended (LTX-2). The benchmarks build their random full-size models with it too.
+    """
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -35,53 +40,37 @@ def tiny_tokenizer() -> Any:
         processors,
         trainers,
     )
-    from transformers import T5TokenizerFast
+    from transformers import GemmaTokenizerFast, T5TokenizerFast
 
+    specials = ["<pad>", "</s>", "<unk>"] if style == "t5" else ["<pad>", "<eos>", "<bos>", "<unk>"]
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    tok.train_from_iterator(_CORPUS * 10, trainer)
-    eos = tok.token_to_id("</s>")
+    trainer = trainers.UnigramTrainer(vocab_size=min(vocab_size, 200), special_tokens=specials,
+                                      unk_token="<unk>")
+    tok.train_from_iterator(list(corpus) * 10, trainer)
+    if style == "t5":
+        eos = tok.token_to_id("</s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
+        return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                               unk_token="<unk>", extra_ids=0)
+    bos = tok.token_to_id("<bos>")
     tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
-    )
-    return T5TokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
-    )
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)])
+    return GemmaTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                              bos_token="<bos>", unk_token="<unk>")
+
+
+def tiny_tokenizer() -> Any:
+    """A T5-style fast tokenizer (Unigram, ``</s>`` appended) trained on a few sentences."""
+    return unigram_tokenizer("t5", _CORPUS, 120)
 
 
 def tiny_gemma_tokenizer() -> Any:
     """A Gemma-style fast tokenizer (Unigram, ``<bos>`` prepended) trained on a few sentences."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import GemmaTokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=120, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"], unk_token="<unk>"
-    )
-    tok.train_from_iterator(_CORPUS * 10, trainer)
-    bos = tok.token_to_id("<bos>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
-    )
-    return GemmaTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
-    )
+    return unigram_tokenizer("gemma", _CORPUS, 120)
 
 
 def build_ltx2() -> Any:
