@@ -72,7 +72,11 @@ def test_a_parallel_profile_loads_and_its_degree_is_the_product(tmp_path: Path) 
     ("parallel = { ulysses = 2 }", "wan-vace", "parallel", "pipeline 'wan-vace' cannot be split"),
     ("parallel = { ulysses = 2 }", "ltx-condition", "parallel", "kinds that can: ['wan-flf2v'"),
     ("parallel = { ring = 2 }", "wan-t2v", "parallel.ring", "ring attention needs an attention_backend"),
-    ("parallel = { cfg = 2, ulysses = 2 }", "wan-t2v", "parallel.cfg", "diffusers 0.42 has no CFG"),
+    ("parallel = { cfg = 2, ulysses = 2 }", "wan-t2v", "parallel.cfg", "runs CFG parallel alone"),
+    ("parallel = { cfg = 2 }", "ltx-condition", "parallel.cfg",
+     "cannot put its guidance passes on two GPUs"),
+    ("parallel = { cfg = 2 }\ncfg_batch = true", "wan-t2v", "cfg_batch", "choose one"),
+    ('parallel = { cfg = 2 }\noffload = "model"', "wan-t2v", "parallel", "offload = 'none'"),
     ("parallel = { ulysses = 1 }", "wan-t2v", "parallel", "every degree is 1"),
     ("parallel = { ulysses = 4 }", "wan-t2v", "parallel.ulysses", "does not divide the 2 attention heads"),
     ('parallel = { ulysses = 2 }\nattention_backend = "flex"', "wan-t2v", "attention_backend",
@@ -88,6 +92,16 @@ def test_a_bad_parallel_table_is_refused_naming_file_entry_and_key(
     assert info.value.code == "invalidProfile"
     assert str(tmp_path / "profiles.toml") in message and 'models."klingai:1@1".t2v' in message
     assert key in message and says in message, message
+
+
+def test_cfg_parallel_is_a_group_of_two_that_keeps_the_whole_sequence(tmp_path: Path) -> None:
+    [entry] = _load(tmp_path, "parallel = { cfg = 2 }")
+    option = entry.profile.parallel
+    assert option is not None and (option.degree, option.sequence_degree) == (2, 1)
+    # Any head count: nothing is split by heads.
+    assert next(iter(_load(tmp_path / "odd", "parallel = { cfg = 2 }", heads=7))).profile.parallel
+    assert plan_groups(gpu_slots("0,1"), _load(tmp_path / "b", "parallel = { cfg = 2 }")) == [
+        WorkerSlot("gpu0+1", ("0", "1"), ranks=2)]
 
 
 def test_ulysses_must_divide_the_heads_and_the_refusal_lists_what_does(tmp_path: Path) -> None:
@@ -326,3 +340,96 @@ def test_a_group_of_two_cpu_ranks_renders_and_survives_a_rank_kill(
     assert _job(supervisor.data_dir, task_uuid)["attempts"] == 2
     new = {_rank_of(pid): pid for pid in children_of(supervisor.proc.pid)}
     assert set(new) == {0, 1} and not set(new.values()) & set(ranks.values())
+
+
+# ------------------------------------------------------------------ CFG parallel, two real ranks
+
+# One rank of a real gloo group (the worker's own _setup and GroupMember): rank 0 renders through
+# DiffusersEngine.generate (announcing it), rank 1 runs what rank 0 announced (serve_peer), as in
+# ``reelserve worker --gpus``. Each counts its transformer runs.
+CFG_RANK = """
+import json, logging, sys, threading
+from pathlib import Path
+import numpy as np, torch, torch.distributed as dist
+from reelserve.engines.diffusers.engine import DiffusersEngine
+from reelserve.engines.diffusers.profiles import ProfileSet
+from reelserve.media.clip import ResolvedInputs
+from reelserve.settings import Settings
+from reelserve.tasks import GenerationSpec
+from reelserve.worker.group import _setup
+
+rank, profiles, spec_json, out = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("reelserve").setLevel(logging.INFO)
+runs = []
+torch.nn.modules.module.register_module_forward_hook(
+    lambda m, a, r: runs.append(1) if type(m).__name__ == "WanTransformer3DModel" else None)
+settings, member = _setup(Settings(profiles=profiles, diffusers_device="cpu"), rank, 2, rank)
+engine = DiffusersEngine(ProfileSet.load(profiles), settings)
+engine.group = member
+spec = GenerationSpec.model_validate_json(spec_json)
+if rank == 0:
+    clip = engine.generate(spec, ResolvedInputs(), 7, lambda f: None, lambda: False)
+    np.save(out / "frames.npy", np.stack(list(clip.frames)))
+else:
+    engine.serve_peer(member.receive(threading.Event()))
+dist.barrier()
+(out / f"rank{rank}.json").write_text(json.dumps({"runs": len(runs)}))
+if rank == 0:
+    member.flush()
+"""
+
+
+@pytest.mark.timeout(600)
+def test_cfg_parallel_two_ranks_each_run_one_pass_and_match_one_device(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    import numpy as np
+
+    from reelserve.engines.diffusers.engine import DiffusersEngine
+    from reelserve.media.clip import ResolvedInputs
+    from reelserve.tasks import GenerationSpec, Workflow
+
+    tiny = _tiny()
+    weights = tiny.save_tiny("wan-t2v", tmp_path / "wan-t2v")
+    plain = tmp_path / "plain.toml"
+    plain.write_text(tiny.profile_toml([("klingai:1@1", "t2v", "wan-t2v", weights, {})]))
+    split = tmp_path / "split.toml"
+    split.write_text(plain.read_text() + "parallel = { cfg = 2 }\n")
+    spec = GenerationSpec(task_uuid="t", model="klingai:1@1", workflow=Workflow.T2V, width=48,
+                          height=32, fps=8, duration=1.0, positive_prompt="a cat dances on the moon",
+                          negative_prompt="blurry", seeds=[7])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**_clean_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ranks = [subprocess.Popen([sys.executable, "-c", CFG_RANK, str(rank), str(split),
+                               spec.model_dump_json(), str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    logs = [proc.communicate(timeout=540)[0] for proc in ranks]
+    assert [proc.returncode for proc in ranks] == [0, 0], "\n".join(logs)
+    for log in logs:  # both ranks paired their passes over the group
+        assert "cfg parallel (the two guidance passes on 2 ranks) on cpu" in log, log
+
+    # One transformer run per step on each rank (2 steps): the pair is split, not repeated.
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text())["runs"] for r in (0, 1)] == [2, 2]
+
+    # The same frames as one device running both passes (4 runs), and another seed differs.
+    engine = DiffusersEngine(ProfileSet.load(plain), Settings(diffusers_device="cpu"))
+    runs: list[int] = []
+    hook = __import__("torch").nn.modules.module.register_module_forward_hook(
+        lambda m, a, r: runs.append(1) if type(m).__name__ == "WanTransformer3DModel" else None)
+    try:
+        one = np.stack(list(engine.generate(spec, ResolvedInputs(), 7, lambda f: None,
+                                            lambda: False).frames)).astype(np.float64)
+    finally:
+        hook.remove()
+    assert len(runs) == 4
+    other = np.stack(list(engine.generate(spec, ResolvedInputs(), 8, lambda f: None,
+                                          lambda: False).frames)).astype(np.float64)
+    group = np.load(tmp_path / "frames.npy").astype(np.float64)
+    assert group.shape == one.shape == (spec.num_frames, 32, 48, 3)
+    close, far = float(np.abs(group - one).max()), float(np.abs(other - one).max())
+    assert close <= 1.0 and far > 4.0, (close, far)

@@ -1,14 +1,20 @@
-"""CFG batching: the conditional and unconditional transformer passes of a step as one batch.
+"""The two guidance passes of a step, paired: as one batch (``cfg_batch``) or on two GPUs
+(``parallel = { cfg = 2 }``).
 
 Wan pipelines call the transformer twice per step, with the same latents and timestep objects and
 different text embeddings; the unconditional result is needed only after both. On the first
-(conditional) call :class:`CfgBatch` runs both passes batched and keeps the unconditional half;
-the second call, recognised by its identical latents and timestep objects and the negative
-embeddings, gets it back without a model run. Same math (up to the rounding of larger matmuls),
-half the kernel launches. The negative embeddings are learnt by wrapping the pipeline's
-``encode_prompt``, so the denoising loop itself is untouched.
+(conditional) call :class:`CfgPairs` computes both results at once and keeps the unconditional
+one; the second call, recognised by its identical latents and timestep objects and the negative
+embeddings, gets it back without a model run. How "at once" is done:
 
-Imported only when a profile sets ``cfg_batch = true`` (it imports torch).
+* batched (one GPU): both passes as one batch of two. Same math (up to the rounding of larger
+  matmuls), half the kernel launches.
+* split (a group of two ranks, ``cfg = 2``): rank 0 runs the conditional pass, rank 1 the
+  unconditional one, and one ``all_gather`` of the noise predictions gives both to both ranks, so
+  every rank holds the same latents after the step. Each GPU runs half the transformer work.
+
+The negative embeddings are learnt by wrapping the pipeline's ``encode_prompt``, so the denoising
+loop itself is untouched. Imported only when a profile asks for either (it imports torch).
 """
 
 from __future__ import annotations
@@ -19,13 +25,22 @@ from typing import Any
 import torch
 
 
-class CfgBatch(torch.nn.Module):
-    """Wraps one transformer; the original stays reachable (and counted) as ``inner``."""
+class CfgPairs(torch.nn.Module):
+    """Wraps one transformer; the original stays reachable (and counted) as ``inner``.
 
-    def __init__(self, inner: torch.nn.Module, negative: Callable[[], torch.Tensor | None]) -> None:
+    Args:
+        inner: the transformer.
+        negative: the negative embeddings of the current call (None before/without them).
+        split: run the pair split over the default torch.distributed group of two ranks (rank 0
+            conditional, rank 1 unconditional) instead of as one batch.
+    """
+
+    def __init__(self, inner: torch.nn.Module, negative: Callable[[], torch.Tensor | None],
+                 *, split: bool = False) -> None:
         super().__init__()
         self.inner = inner
         self._negative = negative
+        self._split = split
         self._stash: tuple[Any, Any, torch.Tensor] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -47,6 +62,13 @@ class CfgBatch(torch.nn.Module):
         if (args or negative is None or hidden is None or text is None or _same(text, negative)
                 or negative.shape != text.shape):
             return self.inner(*args, **kwargs)
+        cond, uncond = (self._pair_split if self._split else self._pair_batched)(
+            hidden, text, negative, kwargs)
+        self._stash = (hidden, timestep, uncond)
+        return _output(cond, kwargs)
+
+    def _pair_batched(self, hidden: torch.Tensor, text: torch.Tensor, negative: torch.Tensor,
+                      kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         both: dict[str, Any] = {}
         for key, value in kwargs.items():
             if key == "encoder_hidden_states":
@@ -57,8 +79,18 @@ class CfgBatch(torch.nn.Module):
                 both[key] = value
         both["return_dict"] = False
         cond, uncond = self.inner(**both)[0].chunk(2)
-        self._stash = (hidden, timestep, uncond)
-        return _output(cond, kwargs)
+        return cond, uncond
+
+    def _pair_split(self, hidden: torch.Tensor, text: torch.Tensor, negative: torch.Tensor,
+                    kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch.distributed as dist
+
+        mine = text if dist.get_rank() == 0 else negative.to(text.dtype)
+        sample = self.inner(**{**kwargs, "encoder_hidden_states": mine, "return_dict": False})[0]
+        sample = sample.contiguous()
+        halves = [torch.empty_like(sample) for _ in range(dist.get_world_size())]
+        dist.all_gather(halves, sample)  # [conditional (rank 0), unconditional (rank 1)]
+        return halves[0], halves[1]
 
 
 def _output(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
@@ -74,8 +106,9 @@ def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
         a is b or (a.shape == b.shape and a.data_ptr() == b.data_ptr()))
 
 
-def install_cfg_batch(pipe: Any) -> None:
-    """Wrap the transformer(s) of a Wan pipeline in :class:`CfgBatch`."""
+def install_cfg_pairs(pipe: Any, *, split: bool = False) -> None:
+    """Wrap the transformer(s) of a Wan pipeline in :class:`CfgPairs` (``split``: over the
+    default torch.distributed group of two ranks, which must be up)."""
     state: dict[str, torch.Tensor | None] = {"negative": None}
     original = pipe.encode_prompt
     dtype = pipe.transformer.dtype
@@ -94,4 +127,5 @@ def install_cfg_batch(pipe: Any) -> None:
         module = getattr(pipe, name, None)
         if module is not None:
             # Plain attribute set: DiffusionPipeline.__setattr__ would rewrite its config.
-            object.__setattr__(pipe, name, CfgBatch(module, lambda: state["negative"]))
+            object.__setattr__(pipe, name,
+                               CfgPairs(module, lambda: state["negative"], split=split))

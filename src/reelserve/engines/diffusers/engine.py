@@ -295,8 +295,10 @@ class DiffusersEngine:
         from reelserve.engines.diffusers.parallel import fit_tokens
 
         assert profile.parallel is not None
-        return fit_tokens(profile.pipeline, width, height, frames, profile.parallel.degree,
-                          profile.rule.side_multiple)
+        if profile.parallel.sequence_degree < 2:  # CFG parallel alone keeps the whole sequence
+            return width, height
+        return fit_tokens(profile.pipeline, width, height, frames,
+                          profile.parallel.sequence_degree, profile.rule.side_multiple)
 
     def serve_peer(self, message: tuple[Any, ...]) -> None:
         """A rank other than 0 runs what rank 0 announced (see :class:`~.parallel.RenderGroup`):
@@ -335,10 +337,10 @@ class DiffusersEngine:
         apply_options(loaded, profile)
         if profile.parallel is not None:
             if self._parallel(profile):
-                from reelserve.engines.diffusers.parallel import enable_context_parallel
+                from reelserve.engines.diffusers.parallel import enable_parallel
 
                 # After the options: diffusers checks the attention backend it finds set.
-                enable_context_parallel(loaded.pipe, profile.parallel, self.device)
+                enable_parallel(loaded, profile.parallel, self.device)
             else:
                 log.warning("pipeline %s asks for parallel = %s (a group of %d), but this worker "
                             "is %s: it renders on its one device", profile.pipeline,

@@ -420,8 +420,8 @@ def apply_options(loaded: Any, profile: Any) -> None:
     if profile.compile.enabled:
         compile_transformers(pipe, profile.compile)
     if profile.cfg_batch:
-        from reelserve.engines.diffusers.cfg_batch import install_cfg_batch
+        from reelserve.engines.diffusers.cfg_batch import install_cfg_pairs
 
         for front in (pipe, loaded.image_pipe):
             if front is not None:
-                install_cfg_batch(front)
+                install_cfg_pairs(front)

@@ -3,6 +3,7 @@
 A profile may ask for (docs/diffusers.md, "Several GPUs for one video")::
 
     parallel = { ulysses = 4 }       # or { ring = 2 }, or { ulysses = 2, ring = 2 }
+    parallel = { cfg = 2 }           # the conditional and unconditional passes on two GPUs
 
 The degrees multiply to the size of the torch.distributed group that renders the profile's jobs:
 ``reelserve worker --gpus ...`` forms one such group per profile that asks for it
@@ -12,14 +13,17 @@ split over the ranks inside the transformer by diffusers' own ``ContextParallelC
 math is exact attention either way, so the output matches one GPU's up to rounding.
 
 Checking (:func:`check_parallel`) is pure (no torch): the server refuses a bad profile at start.
-Applying (:func:`enable_context_parallel`) happens at load, inside a group only; a worker that is
+Applying (:func:`enable_parallel`) happens at load, inside a group only; a worker that is
 not a group (threads beside ``serve``, a single-GPU slot) renders such a profile on its one device
 and says so in its log.
 
-``cfg`` (conditional and unconditional passes on different ranks) is accepted as a key so a
-profile can say what it wants, but diffusers 0.42 has no CFG parallelism (its
-``_modeling_parallel`` marks it as not yet written), so any ``cfg`` above 1 is refused with that
-reason; ``cfg_batch = true`` is the single-GPU way to batch the two passes.
+``cfg = 2`` puts the two passes of classifier-free guidance on two ranks: each runs one pass of
+the whole sequence per step and the two results are exchanged with one ``all_gather`` of the
+(small) noise prediction (:class:`~reelserve.engines.diffusers.cfg_batch.CfgPairs`). diffusers
+0.42 has no CFG parallelism of its own (``_modeling_parallel`` marks it as not yet written), so
+this is reelserve's, built on the same pass pairing as ``cfg_batch`` (its single-GPU sibling, so
+the two exclude each other). It takes the kinds ``cfg_batch`` takes and, in this version, no
+``ulysses``/``ring`` beside it: diffusers' context parallelism spans the whole group.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from reelserve.engines.diffusers.options import CFG_BATCH_KINDS, transformers_of
 from reelserve.errors import EngineError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -65,12 +70,18 @@ class ParallelOption(BaseModel):
 
     ulysses: int = Field(default=1, ge=1, le=64, description="Ulysses (all-to-all) degree")
     ring: int = Field(default=1, ge=1, le=64, description="ring attention degree")
-    cfg: int = Field(default=1, ge=1, le=2, description="CFG parallel degree (not in diffusers 0.42)")
+    cfg: int = Field(default=1, ge=1, le=2, description="CFG parallel degree (the two guidance "
+                     "passes on two GPUs)")
 
     @property
     def degree(self) -> int:
         """Processes (GPUs) one video is rendered on: the product of the degrees."""
         return self.ulysses * self.ring * self.cfg
+
+    @property
+    def sequence_degree(self) -> int:
+        """Parts the token sequence is split into (``ulysses * ring``; 1 for CFG parallel alone)."""
+        return self.ulysses * self.ring
 
 
 def _fail(where: str, label: str, key: str, message: str, allowed: Any = None) -> EngineError:
@@ -91,13 +102,17 @@ def check_parallel(profile: Any, where: str, label: str, *, check_weights: bool 
     option: ParallelOption | None = profile.parallel
     if option is None:
         return
-    if option.cfg > 1:
-        raise _fail(where, label, "parallel.cfg", f"{option.cfg}: diffusers 0.42 has no CFG "
-                    "parallelism (both passes on different GPUs); use ulysses or ring to split "
-                    "one video, and cfg_batch = true to batch the two passes", [1])
     if option.degree < 2:
         raise _fail(where, label, "parallel", "every degree is 1, which splits nothing; set "
-                    "ulysses and/or ring to the GPUs one video should use (2 or more)")
+                    "ulysses and/or ring to the GPUs one video should use (2 or more), or "
+                    "cfg = 2 for the two guidance passes on two GPUs")
+    if profile.offload != "none":
+        raise _fail(where, label, "parallel", f"cannot split over GPUs with offload = "
+                    f"{profile.offload!r}: each rank keeps the whole model on its own GPU; set "
+                    "offload = 'none'", ["none"])
+    if option.cfg > 1:
+        _check_cfg_parallel(profile, option, where, label)
+        return
     if profile.pipeline not in PARALLEL_KINDS:
         raise _fail(where, label, "parallel", f"pipeline {profile.pipeline!r} cannot be split "
                     f"over GPUs here; kinds that can: {sorted(PARALLEL_KINDS)}",
@@ -112,10 +127,6 @@ def check_parallel(profile: Any, where: str, label: str, *, check_weights: bool 
                     f"that returns its log-sum-exp, not {backend!r}; set attention_backend to one "
                     f"of {list(RING_BACKENDS)} (e.g. '_native_flash'), or use ulysses",
                     list(RING_BACKENDS))
-    if profile.offload != "none":
-        raise _fail(where, label, "parallel", f"cannot split over GPUs with offload = "
-                    f"{profile.offload!r}: each rank keeps the whole model on its own GPU; set "
-                    "offload = 'none'", ["none"])
     if check_weights and option.ulysses > 1:
         for name in ("transformer", "transformer_2"):
             heads = _config_value(Path(profile.weights) / name / "config.json", "num_attention_heads")
@@ -124,6 +135,22 @@ def check_parallel(profile: Any, where: str, label: str, *, check_weights: bool 
                 raise _fail(where, label, "parallel.ulysses", f"{option.ulysses} does not divide "
                             f"the {heads} attention heads of {name} (Ulysses gives each GPU whole "
                             f"heads); allowed: {divisors}", divisors)
+
+
+def _check_cfg_parallel(profile: Any, option: ParallelOption, where: str, label: str) -> None:
+    """``cfg = 2``: a kind whose passes pair up, alone in the group, not with ``cfg_batch``."""
+    if option.sequence_degree > 1:
+        raise _fail(where, label, "parallel.cfg", f"cfg = {option.cfg} with ulysses = "
+                    f"{option.ulysses}, ring = {option.ring}: this version runs CFG parallel alone "
+                    "(diffusers' context parallelism spans the whole group); use either cfg = 2 "
+                    "or ulysses/ring", [1])
+    if profile.pipeline not in CFG_BATCH_KINDS:
+        raise _fail(where, label, "parallel.cfg", f"pipeline {profile.pipeline!r} cannot put its "
+                    f"guidance passes on two GPUs; kinds that can: {sorted(CFG_BATCH_KINDS)}",
+                    sorted(CFG_BATCH_KINDS))
+    if profile.cfg_batch:
+        raise _fail(where, label, "cfg_batch", "cfg_batch = true batches the two guidance passes "
+                    "on one GPU, parallel.cfg = 2 puts them on two: choose one", [False])
 
 
 def _config_value(path: Path, key: str) -> int | None:
@@ -226,6 +253,21 @@ def _cpu_device_count() -> Iterator[None]:
         torch.accelerator.device_count = original  # type: ignore[assignment]
 
 
+def enable_parallel(loaded: Any, option: ParallelOption, device: str) -> None:
+    """Split a freshly loaded pipeline (a :class:`~.pipelines.LoadedPipeline`) over the group as
+    ``option`` says: the guidance passes (``cfg = 2``, on every front of the pipeline) or the
+    token sequence (``ulysses``/``ring``). torch.distributed must be up."""
+    if option.cfg > 1:
+        from reelserve.engines.diffusers.cfg_batch import install_cfg_pairs
+
+        for front in (loaded.pipe, loaded.image_pipe):
+            if front is not None:
+                install_cfg_pairs(front, split=True)
+        log.info("cfg parallel (the two guidance passes on %d ranks) on %s", option.cfg, device)
+    if option.sequence_degree > 1:
+        enable_context_parallel(loaded.pipe, option, device)
+
+
 def enable_context_parallel(pipe: Any, option: ParallelOption, device: str) -> None:
     """``transformer.enable_parallelism(config=ContextParallelConfig(...))`` on every
     transformer of ``pipe`` (both experts of Wan 2.2 A14B). torch.distributed must be up.
@@ -234,8 +276,6 @@ def enable_context_parallel(pipe: Any, option: ParallelOption, device: str) -> N
         EngineError: ``invalidProfile`` when diffusers refuses the configuration here.
     """
     from diffusers import ContextParallelConfig
-
-    from reelserve.engines.diffusers.options import transformers_of
 
     for module in transformers_of(pipe):
         module = getattr(module, "inner", module)  # under a CFG batch wrapper
