@@ -165,6 +165,16 @@ class EngineError(ReelserveError):
     default_kind = ErrorKind.INTERNAL
 
 
+class WorkerBrokenError(EngineError):
+    """The worker itself can no longer render, through no fault of the job: a render split over
+    a GPU group failed (a rank died, a collective broke), and the ranks still alive cannot go on
+    without it. The worker writes nothing for the job and claims no more; its lease runs out
+    (counted as a loss, so a job that breaks every group ends as ``workerLost``) and the
+    restarted group takes it."""
+
+    default_kind = ErrorKind.UNAVAILABLE
+
+
 STORAGE_FULL_CODE = "insufficientStorage"
 """The code of a refusal because the server's disk or job database is full (HTTP 507)."""
 

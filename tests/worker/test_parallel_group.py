@@ -337,7 +337,7 @@ def test_a_group_of_two_cpu_ranks_renders_and_survives_a_rank_kill(
     out.write_bytes(http.get(items[0]["videoURL"]).content)
     assert probe(out).num_frames == 150
     # Claimed by the first group, then again by the restarted one through the lease expiry.
-    assert _job(supervisor.data_dir, task_uuid)["attempts"] == 2
+    assert _job(supervisor.data_dir, task_uuid)["attempts"] == 2, supervisor.log()
     new = {_rank_of(pid): pid for pid in children_of(supervisor.proc.pid)}
     assert set(new) == {0, 1} and not set(new.values()) & set(ranks.values())
 

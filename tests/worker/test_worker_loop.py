@@ -13,7 +13,13 @@ from reelserve.api.runware.schema import parse_video_inference
 from reelserve.catalog.validate import validate
 from reelserve.client._wire import error_from_wire
 from reelserve.delivery.storage import LocalArtifactStore
-from reelserve.errors import CANCELLED_CODE, CancelledError, EngineError, ValidationError
+from reelserve.errors import (
+    CANCELLED_CODE,
+    CancelledError,
+    EngineError,
+    ValidationError,
+    WorkerBrokenError,
+)
 from reelserve.jobs.sqlite import SQLiteJobStore
 from reelserve.media.probe import probe
 from reelserve.settings import Settings
@@ -87,6 +93,28 @@ def test_crashes_are_retried_then_end_with_an_error(env: tuple[Settings, SQLiteJ
     worker2.run_once()
     worker2.run_once()
     assert store.get(job2.id).error["code"] == "engineFailed"  # type: ignore[union-attr,index]
+
+
+def test_a_broken_worker_writes_nothing_and_claims_no_more(
+        env: tuple[Settings, SQLiteJobStore, LocalArtifactStore]) -> None:
+    # A render split over a GPU group failed (a rank died): not the job's fault, so no retry is
+    # spent and nothing is written, but the job is not handed back either (a job that breaks
+    # every group must not loop for ever): its lease runs out, which counts as a loss.
+    settings, store, artifacts = env
+    first, second = submit(store), submit(store)
+    engine = TinyEngine(fail=WorkerBrokenError("workerUnavailable", "rank 0 lost rank 1"))
+    worker = Worker(settings, store, artifacts, lambda spec: engine)
+    stop = threading.Event()
+    runner = threading.Thread(target=worker.run, args=(stop, 0.05))
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive() and not stop.is_set()  # it left on its own, after one job
+    assert worker.broken.is_set()
+    claimed = [store.get(first.id), store.get(second.id)]
+    assert [j.status for j in claimed if j is not None] == [JobStatus.RUNNING, JobStatus.QUEUED]
+    running = claimed[0]
+    assert running is not None and running.attempts == 1 and running.error is None
+    assert running.results == []
 
 
 def test_cancel_while_running(env: tuple[Settings, SQLiteJobStore, LocalArtifactStore]) -> None:

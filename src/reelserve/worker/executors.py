@@ -82,6 +82,7 @@ class ThreadExecutor:
         self._select_engine = select_engine
         self._stop = threading.Event()
         self._hand_back = threading.Event()
+        self._broken = threading.Event()
         self._threads: list[threading.Thread] = []
         self._selector_lock = threading.Lock()
 
@@ -169,7 +170,13 @@ class ThreadExecutor:
 
     def _run_slot(self, slot: int, selector: EngineSelector) -> None:
         Worker(self.settings, self.store, self.artifacts, selector,
-               worker_id=self._worker_id(slot), hand_back=self._hand_back).run(self._stop)
+               worker_id=self._worker_id(slot), hand_back=self._hand_back,
+               broken=self._broken).run(self._stop)
+
+    @property
+    def broken(self) -> bool:
+        """Whether a slot's engine said it can render no more (a GPU group that broke)."""
+        return self._broken.is_set()
 
     def slots_alive(self) -> tuple[int, int]:
         """``(started, alive)`` slot threads (``/ready``: a slot that died takes no jobs)."""

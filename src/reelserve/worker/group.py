@@ -198,16 +198,20 @@ def _lead(settings: Settings, registry: Any, member: GroupMember, stop: threadin
     executor = ThreadExecutor.from_settings(settings, slots=1, name=name,
                                             select_engine=registry, preload=preload)
     executor.start()
+    code = 0
     try:
         while not stop.wait(0.5):
-            continue
+            if executor.broken:  # a split render failed: the group must restart as a whole
+                log.error("rank 0: the group broke; leaving it so the supervisor restarts it")
+                code = 1
+                break
     finally:
         # The current job finishes (or is handed back) first: the other ranks are needed.
         if executor.stop(grace):
             executor.store.close()
         member.announce(("stop",))
         member.flush()  # the store lives in this process: let the others read the stop first
-    return 0
+    return code
 
 
 def _follow(registry: Any, member: GroupMember, stop: threading.Event) -> int:

@@ -53,6 +53,7 @@ from reelserve.errors import (
     EngineError,
     ErrorKind,
     ReelserveError,
+    WorkerBrokenError,
 )
 from reelserve.jobs.store import WORKER_BEAT, WorkerInfo, route_key
 from reelserve.tasks import GenerationSpec, Job, JobStatus, Result, Workflow
@@ -302,6 +303,9 @@ class Worker:
             (default: the one configured by ``REELSERVE_SAFETY_MODEL``, loaded on first use).
         hand_back: once set, a running job stops at its next cancellation point and goes
             back to the queue (a stopping executor sets it when its grace period ends).
+        broken: set by this worker when its engine says it can render no more
+            (:class:`~reelserve.errors.WorkerBrokenError`); it then claims nothing more, and its
+            process is expected to end (the executor reads it; shared by its slots).
     """
 
     def __init__(
@@ -315,9 +319,11 @@ class Worker:
         fetch: Callable[..., Any] | None = None,
         safety_checker: SafetyChecker | None = None,
         hand_back: threading.Event | None = None,
+        broken: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.hand_back = hand_back or threading.Event()
+        self.broken = broken or threading.Event()
         #: Claims failing (the database refusing), and jobs handed back for a full disk.
         self.claim_trouble = Trouble("worker claim")
         self.disk_trouble = Trouble("worker storage", first=1.0, most=60.0)
@@ -356,7 +362,7 @@ class Worker:
                 self.store.remove_worker(self.worker_id)
 
     def _loop(self, stop: threading.Event, poll_interval: float) -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not self.broken.is_set():
             try:
                 did_work = self.run_once()
             except Exception as exc:  # keep the slot alive: the job's lease expires, it is retried
@@ -455,6 +461,13 @@ class Worker:
         job = run.job
         if run.lost.is_set():
             return True  # another worker has it, or it ended: write nothing
+        if isinstance(exc, WorkerBrokenError):
+            # Not the job's fault, and no release either: a job that breaks every group it
+            # meets must not loop for ever. Its lease runs out and counts as a loss.
+            log.error("job %s: this worker cannot render any more (%s); claiming nothing more, "
+                      "the job is taken again when its lease runs out", job.id, exc.message)
+            self.broken.set()
+            return True
         if run.cancelled.is_set():
             return False  # the client's cancellation wins: the job ends as cancelled
         if self.hand_back.is_set():

@@ -36,6 +36,7 @@ from reelserve.errors import (
     EngineError,
     ErrorKind,
     ReelserveError,
+    WorkerBrokenError,
 )
 from reelserve.media.clip import (
     AudioSource,
@@ -522,6 +523,15 @@ class DiffusersEngine:
             except ReelserveError:
                 raise
             except Exception as exc:  # an engine crash: keep its text, map to the one error tree
+                if group is not None:
+                    # Split over a group, a failure leaves the others waiting in (or failing)
+                    # a collective: this rank cannot render anything more; the group restarts.
+                    log.exception("rank %d: split render of %s failed; the group must restart",
+                                  group.rank, entry.label)
+                    raise WorkerBrokenError(
+                        "workerUnavailable", f"rank {group.rank} of the group rendering "
+                        f"{entry.label} failed mid-render: {type(exc).__name__}: {exc}",
+                    ) from exc
                 log.exception("diffusers pipeline %s failed", entry.profile.pipeline)
                 raise EngineError(
                     "engineFailed",
