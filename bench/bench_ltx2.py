@@ -73,8 +73,10 @@ from typing import Any
 
 import torch
 
-# The tests' offline builders (tokenizers trained here): shared with the tests, not copied.
+# The tests' offline builders (tokenizers trained here) and the Wan benchmark's step timing
+# (this folder is on the path when a script of it runs): shared, not copied.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engines" / "diffusers"))
+from bench_diffusers import StepClock, sync
 from diffusers_tiny import unigram_tokenizer
 
 # Full-size configs: see the module docstring for the source of every number.
@@ -156,11 +158,6 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def gemma_tokenizer(vocab: int) -> Any:
     """A Gemma-style tokenizer trained here (offline), ids below ``vocab``: the tests' builder."""
     return unigram_tokenizer("gemma", [PROMPT, NEGATIVE], vocab)
@@ -206,23 +203,6 @@ def build_pipeline(small: bool, light_text: bool, device: str, dtype: torch.dtyp
 
 def billions(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e9
-
-
-class StepClock:
-    """Times denoising steps from the step callbacks (first step's end to the last's)."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.marks: list[float] = []
-
-    def mark(self) -> None:
-        sync(self.device)
-        self.marks.append(time.perf_counter())
-
-    def per_step(self) -> float:
-        if len(self.marks) < 2:
-            return math.nan
-        return (self.marks[-1] - self.marks[0]) / (len(self.marks) - 1)
 
 
 def measured(device: str, fn: Callable[[], None], result: Result) -> Result:
