@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 import reelserve
@@ -126,7 +126,7 @@ def create_app(
     app.state.readiness = readiness
 
     @app.exception_handler(ReelserveError)
-    async def _reelserve_error(request: Request, exc: ReelserveError) -> JSONResponse:
+    async def _reelserve_error(request: Request, exc: ReelserveError) -> Response:
         # Routers map their own errors; this catches the rest in a Runware-like shape.
         return with_retry_after(JSONResponse(
             {"data": [], "errors": [{**exc.to_dict(), "taskType": None, "taskUUID": None}]},
@@ -168,8 +168,8 @@ def create_app(
     from reelserve.web import playground_router
 
     app.include_router(playground_router())
-    for router in routers:
-        app.include_router(router if isinstance(router, APIRouter) else router(services))
+    for extra in routers:
+        app.include_router(extra if isinstance(extra, APIRouter) else extra(services))
     # /openapi.json from api/openapi.py (every route, bodies, auth); 405s list every method.
     install_openapi(app)
     # Every route's body is capped while it streams in (api/guards.py); a keyless server checks

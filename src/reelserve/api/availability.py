@@ -39,7 +39,7 @@ from reelserve.jobs.store import WORKER_LIVE, WorkerInfo, route_key
 
 if TYPE_CHECKING:
     from reelserve.engines.capabilities import Capability
-    from reelserve.jobs.store import JobStore
+    from reelserve.jobs.store import WorkerRegistry
     from reelserve.settings import Settings
     from reelserve.tasks import GenerationSpec
 
@@ -76,7 +76,7 @@ class Availability:
         refresh: seconds a read of the live workers is reused (a submit burst reads once).
     """
 
-    def __init__(self, settings: Settings, store: JobStore, *, local: bool | None = None,
+    def __init__(self, settings: Settings, store: WorkerRegistry, *, local: bool | None = None,
                  refresh: float = 1.0) -> None:
         self.settings = settings
         self.store = store

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from reelserve.errors import InFlightLimitError, RateLimitError
 
 if TYPE_CHECKING:
-    from reelserve.jobs.store import JobStore
+    from reelserve.jobs.store import JobQueue
     from reelserve.settings import Settings
 
 __all__ = ["RATE_LIMIT_CODE", "RateLimiter"]
@@ -76,7 +76,7 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: JobStore) -> RateLimiter:
+    def from_settings(cls, settings: Settings, store: JobQueue) -> RateLimiter:
         """The limits an install runs with."""
         return cls(
             submits_per_minute=settings.rate_submits_per_minute,

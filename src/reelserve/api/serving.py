@@ -269,7 +269,7 @@ def dialect_route(render_error: ErrorRenderer, *,
 
     class DialectRoute(APIRoute):
         # Read by error_response_for: refusals made before the route runs (middleware).
-        error_renderer: ClassVar[ErrorRenderer] = staticmethod(render_error)  # type: ignore[misc]
+        error_renderer: ClassVar[ErrorRenderer] = staticmethod(render_error)
         media_type_status: ClassVar[int] = unsupported_media_status
 
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

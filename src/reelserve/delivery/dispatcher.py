@@ -45,7 +45,7 @@ from reelserve.tasks import JobStatus
 
 if TYPE_CHECKING:
     from reelserve.delivery.storage import ArtifactStore
-    from reelserve.jobs.store import DeliveryRecord, JobStore
+    from reelserve.jobs.store import DeliveryOutbox, DeliveryRecord
     from reelserve.settings import Settings
     from reelserve.tasks import Delivery, Job, Result
 
@@ -157,7 +157,7 @@ class Dispatcher:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        store: DeliveryOutbox,
         artifacts: ArtifactStore,
         *,
         policy: netguard.OutboundPolicy | None = None,

@@ -30,7 +30,7 @@ from reelserve.delivery.storage import UPLOADS, delete_output
 
 if TYPE_CHECKING:
     from reelserve.delivery.storage import ArtifactStore
-    from reelserve.jobs.store import JobStore
+    from reelserve.jobs.store import Retention
     from reelserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Sweeper:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        store: Retention,
         artifacts: ArtifactStore,
         *,
         clock: Callable[[], float] = time.time,

@@ -199,13 +199,20 @@ class DurationHistogram:
     count: int
 
 
-@runtime_checkable
-class JobStore(Protocol):
-    """Durable jobs with leases. All methods are blocking: call them from a thread, never on the
-    asyncio event loop directly (use ``anyio.to_thread`` / ``run_in_threadpool``)."""
+class JobReader(Protocol):
+    """Reads one job and hears of changes: what every other role builds on."""
 
-    max_attempts: int
-    max_losses: int
+    def get(self, job_id: str) -> Job | None:
+        """The job with its recorded results, or None."""
+        ...
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Register an in-process change listener; returns a function that unregisters it."""
+        ...
+
+
+class JobQueue(JobReader, Protocol):
+    """The API's side: accept jobs, find and list them, cancel them, hand results out."""
 
     def create(self, job: Job, *, max_active: int = 0) -> Job:
         """Insert a new queued job.
@@ -217,10 +224,6 @@ class JobStore(Protocol):
         count and the insert are one transaction, serialised per owner, so concurrent creates
         never overshoot the limit. A full disk raises ``insufficientStorage``.
         """
-        ...
-
-    def get(self, job_id: str) -> Job | None:
-        """The job with its recorded results, or None."""
         ...
 
     def get_by_task(self, owner: str, task_uuid: str) -> Job | None:
@@ -250,34 +253,37 @@ class JobStore(Protocol):
         """
         ...
 
-    def expired_jobs(self, before: float, limit: int = 200) -> list[Job]:
-        """Terminal jobs whose last change was before ``before`` (retention), oldest first.
+    def count_active(self, owner: str) -> int:
+        """Number of the owner's queued or running jobs (per-key in-flight limit)."""
+        ...
 
-        The sweeper removes their artifacts first, then deletes each job with :meth:`delete`.
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs (of every owner) were created before the queued job ``job_id``
+        (``created_at``, then ``id``): 0 means next in line. None when the job is not queued.
+
+        A count over the ``(status, created_at)`` index range, so it stays cheap at any queue
+        length. Workers prefer jobs for models they have loaded, so it is the FIFO position,
+        an estimate of the wait, not a promise.
         """
         ...
 
-    def stats(self) -> StoreStats:
-        """Deployment-wide numbers for metrics, read in one pass over the store."""
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Ask for cancellation: a queued job is cancelled at once, a running one at its next
+        heartbeat. Terminal jobs are left as they are."""
         ...
 
-    def durations(self) -> dict[str, DurationHistogram]:
-        """The histogram of every duration in :data:`DURATIONS` over
-        :data:`DURATION_BUCKETS`, deployment-wide.
-
-        Each one is counted by the write that ends it, in that write's transaction: a first
-        claim (queue wait), a finish (run), a new result (its render and encode seconds), a
-        delivered outbox row (delivery). They are counters: purging old jobs leaves them.
-        """
+    def take_undelivered(self, job_id: str) -> list[Result]:
+        """Atomically return the results not handed out yet and mark them delivered."""
         ...
 
-    def delete(self, job_id: str) -> bool:
-        """Remove a job and its results for good (the caller removes the artifacts first).
-
-        A worker still running it loses its lease (its heartbeat answers ``owned=False``) and
-        writes nothing more. False when there was no such job.
-        """
+    def return_undelivered(self, job_id: str, indexes: Collection[int]) -> None:
+        """Mark results ``indexes`` of ``job_id`` not delivered again: the answer that took them
+        (:meth:`take_undelivered`) never reached its client, so the next poll hands them out."""
         ...
+
+
+class JobLeases(JobReader, Protocol):
+    """The workers' side: claim a job with a lease, renew it, record results, end the job."""
 
     def claim(
         self,
@@ -344,24 +350,14 @@ class JobStore(Protocol):
         """
         ...
 
-    def request_cancel(self, job_id: str) -> Job | None:
-        """Ask for cancellation: a queued job is cancelled at once, a running one at its next
-        heartbeat. Terminal jobs are left as they are."""
-        ...
 
-    def take_undelivered(self, job_id: str) -> list[Result]:
-        """Atomically return the results not handed out yet and mark them delivered."""
-        ...
+class DeliveryOutbox(JobReader, Protocol):
+    """The dispatcher's side: webhooks, uploads and status callbacks.
 
-    def return_undelivered(self, job_id: str, indexes: Collection[int]) -> None:
-        """Mark results ``indexes`` of ``job_id`` not delivered again: the answer that took them
-        (:meth:`take_undelivered`) never reached its client, so the next poll hands them out."""
-        ...
-
-    # Delivery outbox. Rows are added in the same transaction as the change they report:
-    # add_result / fail / cancel for jobs with a webhook URL or upload endpoint, and every status
-    # change (create: queued, claim: running, finish / fail / cancel: terminal) for jobs with a
-    # ``spec.delivery.status_url``, at most one row per job and status.
+    Rows are added in the same transaction as the change they report: add_result / fail / cancel
+    for jobs with a webhook URL or upload endpoint, and every status change (create: queued,
+    claim: running, finish / fail / cancel: terminal) for jobs with a ``spec.delivery.status_url``,
+    at most one row per job and status."""
 
     def claim_deliveries(
         self, worker_id: str, lease_seconds: float, limit: int = 16
@@ -390,6 +386,10 @@ class JobStore(Protocol):
         """Every delivery of a job with its attempts, in creation order."""
         ...
 
+
+class Retention(Protocol):
+    """The sweeper's side: outputs and jobs past their time."""
+
     def expired_outputs(
         self, now: float, default_ttl: float, limit: int = 200
     ) -> list[tuple[str, Result]]:
@@ -401,22 +401,25 @@ class JobStore(Protocol):
         """Record that a result's file was removed by the sweeper."""
         ...
 
-    def count_active(self, owner: str) -> int:
-        """Number of the owner's queued or running jobs (per-key in-flight limit)."""
-        ...
+    def expired_jobs(self, before: float, limit: int = 200) -> list[Job]:
+        """Terminal jobs whose last change was before ``before`` (retention), oldest first.
 
-    def queue_position(self, job_id: str) -> int | None:
-        """How many queued jobs (of every owner) were created before the queued job ``job_id``
-        (``created_at``, then ``id``): 0 means next in line. None when the job is not queued.
-
-        A count over the ``(status, created_at)`` index range, so it stays cheap at any queue
-        length. Workers prefer jobs for models they have loaded, so it is the FIFO position,
-        an estimate of the wait, not a promise.
+        The sweeper removes their artifacts first, then deletes each job with :meth:`delete`.
         """
         ...
 
-    # Workers: each worker slot publishes itself (and what it renders) with its presence beats,
-    # so an API process without engines knows what the deployment can serve.
+    def delete(self, job_id: str) -> bool:
+        """Remove a job and its results for good (the caller removes the artifacts first).
+
+        A worker still running it loses its lease (its heartbeat answers ``owned=False``) and
+        writes nothing more. False when there was no such job.
+        """
+        ...
+
+
+class WorkerRegistry(Protocol):
+    """Who renders what: each worker slot publishes itself (and what it renders) with its
+    presence beats, so an API process without engines knows what the deployment can serve."""
 
     def publish_worker(self, info: WorkerInfo) -> None:
         """Insert or replace ``info``'s row (``last_seen``: now, by the store's clock); rows
@@ -435,11 +438,38 @@ class JobStore(Protocol):
         """The workers seen within the last ``max_age`` seconds, by worker id."""
         ...
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Register an in-process change listener; returns a function that unregisters it."""
+
+class StoreMetrics(Protocol):
+    """Deployment-wide numbers for ``/metrics``."""
+
+    def stats(self) -> StoreStats:
+        """Deployment-wide numbers for metrics, read in one pass over the store."""
         ...
+
+    def durations(self) -> dict[str, DurationHistogram]:
+        """The histogram of every duration in :data:`DURATIONS` over
+        :data:`DURATION_BUCKETS`, deployment-wide.
+
+        Each one is counted by the write that ends it, in that write's transaction: a first
+        claim (queue wait), a finish (run), a new result (its render and encode seconds), a
+        delivered outbox row (delivery). They are counters: purging old jobs leaves them.
+        """
+        ...
+
+
+@runtime_checkable
+class JobStore(JobQueue, JobLeases, DeliveryOutbox, Retention, WorkerRegistry, StoreMetrics,
+               Protocol):
+    """Durable jobs with leases: every role above, implemented by one class per database.
+
+    Each part of the server takes the role it uses (the dispatcher a :class:`DeliveryOutbox`,
+    the sweeper a :class:`Retention` ...), so what a part may do to the jobs reads from its
+    signature. All methods are blocking: call them from a thread, never on the asyncio event
+    loop directly (use ``anyio.to_thread`` / ``run_in_threadpool``)."""
+
+    max_attempts: int
+    max_losses: int
 
     def close(self) -> None:
         """Release connections."""
         ...
-

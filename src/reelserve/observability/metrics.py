@@ -60,7 +60,7 @@ from reelserve.jobs.store import DURATION_BUCKETS, DURATIONS
 from reelserve.tasks import JobStatus
 
 if TYPE_CHECKING:
-    from reelserve.jobs.store import JobStore
+    from reelserve.jobs.store import StoreMetrics
 
 __all__ = ["BUCKETS", "CONTENT_TYPE", "StoreCollector", "render"]
 
@@ -80,7 +80,7 @@ class StoreCollector(Collector):
         store: the job store every process of the deployment shares.
     """
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: StoreMetrics) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
@@ -156,7 +156,7 @@ def _bound(value: float) -> str:
     return repr(float(value))
 
 
-def render(store: JobStore, *, extra: Iterable[Collector] = ()) -> bytes:
+def render(store: StoreMetrics, *, extra: Iterable[Collector] = ()) -> bytes:
     """The Prometheus text exposition of the deployment (``Content-Type``:
     :data:`CONTENT_TYPE`). Blocking (store reads): call it from a thread, not the event loop.
 

@@ -246,11 +246,11 @@ def _cpu_device_count() -> Iterator[None]:
     import torch
 
     original = torch.accelerator.device_count
-    torch.accelerator.device_count = lambda: 1  # type: ignore[assignment]
+    torch.accelerator.device_count = lambda: 1
     try:
         yield
     finally:
-        torch.accelerator.device_count = original  # type: ignore[assignment]
+        torch.accelerator.device_count = original
 
 
 def enable_parallel(loaded: Any, option: ParallelOption, device: str) -> None:
