@@ -244,8 +244,7 @@ class SessionRegistry:
         taken = [item for out in session.pending for item in out.taken]
         session.pending.clear()
         self._sessions.pop(session.uuid, None)
-        if taken:
-            self.give_back(taken)
+        self.give_back(taken)
 
     def attach(self, requested: Any, owner: str, conn: _Connection) -> Session:
         """The session to use: the requested one when it exists, is live and has this owner,
@@ -410,6 +409,8 @@ class RunwareWebSocket:
     def _give_back(self, taken: Taken) -> None:
         """Results of frames dropped unsent: undelivered again in the store (in a thread; kept
         referenced until done, and a failure is logged rather than lost silently)."""
+        if not taken:  # most frames carry no results
+            return
         reply = Reply(taken=list(taken))
         task = asyncio.ensure_future(run_in_threadpool(self.handler.give_back, reply))
         self._background.add(task)
