@@ -259,7 +259,8 @@
     return item.imageUUID;
   }
 
-  function showResult(item) {
+  // A looping, muted player with a caption: a fresh result or one replayed from the history.
+  function videoFigure(src, text) {
     const figure = document.createElement("figure");
     const video = document.createElement("video");
     video.controls = true;
@@ -267,16 +268,21 @@
     video.muted = true;
     video.autoplay = true;
     video.playsInline = true;
-    video.src = item.videoURL;
+    video.src = src;
     const caption = document.createElement("figcaption");
+    caption.textContent = text;
+    figure.append(video, caption);
+    return { figure, caption };
+  }
+
+  function showResult(item) {
     const cost = typeof item.cost === "number" ? ` · ${item.cost} USD` : "";
-    caption.textContent = `seed ${item.seed}${cost} · `;
+    const { figure, caption } = videoFigure(item.videoURL, `seed ${item.seed}${cost} · `);
     const link = document.createElement("a");
     link.href = item.videoURL;
     link.download = "";
     link.textContent = "download";
     caption.append(link);
-    figure.append(video, caption);
     $("results").append(figure);
   }
 
@@ -460,18 +466,7 @@
   }
 
   function playResult(entry, result) {
-    const figure = document.createElement("figure");
-    const video = document.createElement("video");
-    video.controls = true;
-    video.loop = true;
-    video.muted = true;
-    video.autoplay = true;
-    video.playsInline = true;
-    video.src = result.url;
-    const caption = document.createElement("figcaption");
-    caption.textContent = `${entry.model} · seed ${result.seed}`;
-    figure.append(video, caption);
-    $("results").replaceChildren(figure);
+    $("results").replaceChildren(videoFigure(result.url, `${entry.model} · seed ${result.seed}`).figure);
   }
 
   async function loadHistory() {

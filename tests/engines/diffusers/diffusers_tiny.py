@@ -299,3 +299,21 @@ def profile_toml(entries: list[tuple[str, str, str, Path | str, dict[str, Any]]]
                 lines.append(f"{key} = {value!r}".replace("'", '"'))
         lines.append("")
     return "\n".join(lines)
+
+
+def tiny_spec(workflow: str, prompt: str, seed: int, **update: Any) -> Any:
+    """A small GenerationSpec for ``workflow`` (frame images named ``first``/``last`` where the
+    workflow takes them), 64x48 at 8 fps for 2 s."""
+    from reelserve.tasks import FrameImage, FramePosition, GenerationSpec, Workflow
+
+    wf = Workflow(workflow)
+    frames = []
+    if wf in (Workflow.I2V, Workflow.FLF2V):
+        frames.append(FrameImage(image="first", position=FramePosition.FIRST))
+    if wf is Workflow.FLF2V:
+        frames.append(FrameImage(image="last", position=FramePosition.LAST))
+    base: dict[str, Any] = dict(
+        task_uuid="t", model="klingai:1@1", workflow=wf, width=64, height=48, fps=8,
+        duration=2.0, positive_prompt=prompt, seeds=[seed], frame_images=frames,
+    )
+    return GenerationSpec(**{**base, **update})

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from diffusers_tiny import tiny_spec
 from PIL import Image
 
 from reelserve.engines.diffusers.engine import (
@@ -21,7 +22,7 @@ from reelserve.engines.registry import EngineRegistry
 from reelserve.errors import CANCELLED_CODE, CancelledError
 from reelserve.media.clip import Clip, ResolvedInputs, VideoInput
 from reelserve.settings import Settings
-from reelserve.tasks import FrameImage, FramePosition, GenerationSpec, OutputFormat, Workflow
+from reelserve.tasks import GenerationSpec, OutputFormat, Workflow
 
 COMBOS = [
     ("wan-t2v", "t2v"),
@@ -72,18 +73,8 @@ def input_video(tmp_path_factory: pytest.TempPathFactory) -> VideoInput:
 
 
 def _spec(workflow: str, **update: Any) -> GenerationSpec:
-    wf = Workflow(workflow)
-    frames = []
-    if wf in (Workflow.I2V, Workflow.FLF2V):
-        frames.append(FrameImage(image="first", position=FramePosition.FIRST))
-    if wf is Workflow.FLF2V:
-        frames.append(FrameImage(image="last", position=FramePosition.LAST))
-    base: dict[str, Any] = dict(
-        task_uuid="t", model=MODEL, workflow=wf, width=64, height=48, fps=8, duration=2.0,
-        positive_prompt="a cat dances on the moon", seeds=[7], frame_images=frames,
-    )
-    base.update(update)
-    return GenerationSpec(**base)
+    spec: GenerationSpec = tiny_spec(workflow, "a cat dances on the moon", 7, **{"model": MODEL, **update})
+    return spec
 
 
 def _inputs(workflow: str, video: VideoInput) -> ResolvedInputs:

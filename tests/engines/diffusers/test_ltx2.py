@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from diffusers_tiny import profile_toml
+from diffusers_tiny import profile_toml, tiny_spec
 from PIL import Image
 
 from media.media_helpers import audio_duration
@@ -23,25 +23,15 @@ from reelserve.engines.registry import EngineRegistry
 from reelserve.media.clip import ResolvedInputs
 from reelserve.media.probe import probe
 from reelserve.settings import Settings
-from reelserve.tasks import FrameImage, FramePosition, GenerationSpec, Workflow
+from reelserve.tasks import GenerationSpec
 from reelserve_testing import poll_results, runware, upload_image, upload_media
 
 MODEL = "klingai:1@1"
 
 
 def _spec(workflow: str = "t2v", **update: Any) -> GenerationSpec:
-    wf = Workflow(workflow)
-    frames = []
-    if wf in (Workflow.I2V, Workflow.FLF2V):
-        frames.append(FrameImage(image="first", position=FramePosition.FIRST))
-    if wf is Workflow.FLF2V:
-        frames.append(FrameImage(image="last", position=FramePosition.LAST))
-    base: dict[str, Any] = dict(
-        task_uuid="t", model=MODEL, workflow=wf, width=64, height=48, fps=8, duration=2.0,
-        positive_prompt="waves crash on a rocky shore", seeds=[3], frame_images=frames,
-    )
-    base.update(update)
-    return GenerationSpec(**base)
+    spec: GenerationSpec = tiny_spec(workflow, "waves crash on a rocky shore", 3, **{"model": MODEL, **update})
+    return spec
 
 
 @pytest.mark.slow
